@@ -1,0 +1,56 @@
+"""The `uniapl` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+
+def _train(args: argparse.Namespace) -> int:
+    from uniapl.config import load_config
+    from uniapl.pipeline import run_training
+
+    overrides = list(args.overrides)
+    cfg = load_config(args.config, overrides)
+    summary = run_training(cfg)
+    ev = summary["eval"]
+    print(json.dumps({"output_dir": summary["output_dir"], "wall_seconds": summary["wall_seconds"],
+                      "steps": summary["steps"], "eval_before": ev["before"], "eval_after": ev["after"]}, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="uniapl", description="Unified Adversarial Preference Learning for language models")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train a model: uniapl train CONFIG [key=value ...]")
+    t.add_argument("config", help="YAML config file (see configs/)")
+    t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=50 output_dir=runs/x resume=true")
+    t.set_defaults(func=_train)
+    for mod in ("uniapl.verifiers.cli", "uniapl.discriminators.cli"):
+        try:
+            module = __import__(mod, fromlist=["add_subparser"])
+        except ModuleNotFoundError as e:
+            if e.name != mod:
+                raise
+            continue
+        module.add_subparser(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from uniapl.config_schema import ConfigError
+    from uniapl.data.loaders import DataError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, DataError) as e:
+        print(f"uniapl: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,304 @@
+"""The training config: a typed schema; YAML files are instances; `a.b=v` overrides on the command line.
+
+    cfg = load_config("configs/quickstart.yaml", ["train.steps=50", "output_dir=runs/x"])
+
+A multi-stage pipeline is a list of `stages`, each a name, an algorithm and overrides of the base
+config; each stage starts from the previous stage's final weights (see `stage_configs`).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from uniapl.config_schema import ConfigError, deep_merge, from_dict, set_dotted, to_dict
+from uniapl.data.synthetic import SyntheticTaskConfig
+from uniapl.discriminators.config import DiscriminatorConfig
+
+ALGORITHM_NAMES = ("sft", "grpo", "a_sft", "a_grpo", "unified")
+
+
+@dataclass
+class EmbeddedModelConfig:
+    """The tiny Qwen3 built from config when `model.name_or_path` is `embedded`."""
+
+    hidden_size: int = 128
+    intermediate_size: int = 384
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    head_dim: int = 32
+    vocab_size: int = 1024  # size the BPE tokenizer is trained to
+    max_position_embeddings: int = 512
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "embedded"  # "embedded", a hub id or a local path
+    revision: Optional[str] = None
+    gguf_file: Optional[str] = None
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    trust_remote_code: bool = False
+    attn_implementation: Optional[str] = "sdpa"
+    chat_template: Optional[str] = None  # Jinja template overriding the tokenizer's
+    enable_thinking: bool = False  # passed to chat templates that know it (Qwen3)
+    think_prefix: str = "<think>\n\n</think>\n\n"  # masked out of SFT targets when the template emits it
+    gradient_checkpointing: bool = False
+    embedded: EmbeddedModelConfig = field(default_factory=EmbeddedModelConfig)
+
+
+@dataclass
+class DataSource:
+    """Where records come from: `synthetic:<split>`, a .jsonl file, a local dataset dir or a hub id."""
+
+    path: str = ""
+    split: str = "train"
+    name: Optional[str] = None  # dataset config name
+    limit: Optional[int] = None  # keep the first N records
+    field_map: dict[str, str] = field(default_factory=dict)  # record field -> column name
+
+
+@dataclass
+class DataConfig:
+    train: DataSource = field(default_factory=lambda: DataSource(path="synthetic:train"))
+    sft: Optional[DataSource] = None  # defaults to `train`
+    pref: Optional[DataSource] = None  # defaults to `train`
+    eval: Optional[DataSource] = field(default_factory=lambda: DataSource(path="synthetic:eval"))
+    synthetic: SyntheticTaskConfig = field(default_factory=SyntheticTaskConfig)
+    max_prompt_tokens: int = 256
+    max_response_tokens: int = 256  # SFT targets longer than this are truncated
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100
+    learning_rate: float = 1e-5
+    lr_scheduler: Literal["constant", "linear", "cosine", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    max_grad_norm: float = 1.0
+    sft_batch_size: int = 8  # SFT-slice prompts per optimizer step (per process)
+    pref_batch_size: int = 8  # preference-slice prompts per optimizer step (per process)
+    gradient_accumulation_steps: int = 1  # micro-batches each slice is split into
+    log_every: int = 1
+    save_every: int = 0  # 0: only the final checkpoint
+    keep_checkpoints: int = 2
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = "hf"  # registered rollout engine
+    num_generations: int = 4  # G responses per preference prompt
+    adv_num_generations: int = 1  # student samples per SFT prompt for the A-SFT adversarial term
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+
+
+@dataclass
+class GRPOConfig:
+    beta: float = 0.0  # k3 KL coefficient; 0 loads no reference model
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    advantage_scale: Literal["group", "batch", "none"] = "group"
+    aggregation: Literal["token_mean", "seq_mean", "dr_grpo"] = "token_mean"
+    num_iterations: int = 1  # optimizer updates per rollout batch (ratio != 1 from the 2nd on)
+
+
+@dataclass
+class LossConfig:
+    alpha: float = 0.5  # eq. (2): weight of the A-SFT part
+    lambda_adv: float = 0.01
+    sft_target: Literal["teacher", "ground_truth"] = "teacher"
+    mask_think_prefix: bool = True
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+
+
+@dataclass
+class RewardConfig:
+    mode: Literal["strict", "loose"] = "strict"
+    partial: bool = False  # fraction of instructions followed instead of all-or-nothing
+
+
+@dataclass
+class EvalConfig:
+    enabled: bool = True
+    max_new_tokens: int = 64
+    batch_size: int = 64
+    limit: Optional[int] = None
+    every: int = 0  # evaluate every N steps during training (0: only before/after)
+
+
+@dataclass
+class LoggingConfig:
+    progress: bool = True
+    report_to: list[str] = field(default_factory=list)  # accelerate trackers: tensorboard, wandb, ...
+    project: str = "uniapl"
+
+
+@dataclass
+class StageConfig:
+    name: str = ""
+    algorithm: Optional[str] = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Config:
+    algorithm: str = "unified"
+    seed: int = 0
+    output_dir: str = "runs/default"
+    resume: bool = False
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    stages: list[StageConfig] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        from uniapl.algorithms import ALGORITHMS
+
+        if self.algorithm not in ALGORITHMS:
+            raise ConfigError(f"key 'algorithm': unknown algorithm {self.algorithm!r}; allowed: {', '.join(ALGORITHMS)}")
+
+
+def _line_map(text: str) -> dict[str, int]:
+    """dotted key -> 1-based line of that key in a YAML document."""
+    lines: dict[str, int] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = f"{prefix}.{k.value}" if prefix else str(k.value)
+                lines[key] = k.start_mark.line + 1
+                walk(v, key)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                key = f"{prefix}[{i}]"
+                lines[key] = v.start_mark.line + 1
+                walk(v, key)
+
+    try:
+        walk(yaml.compose(text), "")
+    except yaml.YAMLError:
+        pass
+    return lines
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"command line: override {item!r} must look like key=value (e.g. train.steps=50)")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"command line: override {item!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def load_raw(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> tuple[dict, Any]:
+    """YAML file + overrides -> (merged dict, where(key) function for error messages)."""
+    data: dict = {}
+    lines: dict[str, int] = {}
+    fname = str(path) if path else "<defaults>"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        text = p.read_text()
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from e
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of config keys")
+        data = loaded
+        lines = _line_map(text)
+    cli_keys: set[str] = set()
+    for item in overrides:
+        key, value = parse_override(item)
+        set_dotted(data, key, value)
+        cli_keys.add(key)
+
+    def where(key: str) -> str:
+        if key in cli_keys:
+            return "command line"
+        if key in lines:
+            return f"{fname}:{lines[key]}"
+        # a parent key's line is still useful
+        parts = key.split(".")
+        while parts:
+            parts.pop()
+            k = ".".join(parts)
+            if k in cli_keys:
+                return "command line"
+            if k in lines:
+                return f"{fname}:{lines[k]}"
+        return fname
+
+    return data, where
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load and validate a config. Raises ConfigError naming the key, its origin and what is allowed."""
+    data, where = load_raw(path, overrides)
+    try:
+        cfg = from_dict(Config, data, where=where)
+    except ConfigError:
+        raise
+    for i, stage in enumerate(cfg.stages):  # validate every stage now, not hours later
+        stage_config(cfg, i, where=where)
+    return cfg
+
+
+def stage_config(cfg: Config, index: int, where: Any = None) -> Config:
+    """The full config of stage `index`: base config + the stage's algorithm and overrides."""
+    stage = cfg.stages[index]
+    base = to_dict(cfg)
+    base.pop("stages")
+    if stage.algorithm is not None:
+        base["algorithm"] = stage.algorithm
+    merged = deep_merge(base, copy.deepcopy(stage.overrides))
+    prefix_where = (lambda key: f"stage {index} ({stage.name or index}) overrides") if where is None else (
+        lambda key: f"{where(f'stages[{index}]')} (stage {stage.name or index})"
+    )
+    if "stages" in merged:
+        raise ConfigError(f"{prefix_where('')}: a stage cannot define stages")
+    return from_dict(Config, merged, where=prefix_where)
+
+
+def stage_configs(cfg: Config) -> list[tuple[str, Config]]:
+    """[(stage name, full config)], one entry for a single-stage config."""
+    if not cfg.stages:
+        return [(cfg.algorithm, cfg)]
+    out = []
+    names = set()
+    for i, stage in enumerate(cfg.stages):
+        name = stage.name or f"{i}-{stage.algorithm or cfg.algorithm}"
+        if name in names:
+            raise ConfigError(f"stages: duplicate stage name {name!r}")
+        names.add(name)
+        out.append((name, stage_config(cfg, i)))
+    return out
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

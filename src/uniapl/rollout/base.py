@@ -1,0 +1,69 @@
+"""The rollout interface: every engine (the built-in KV-cache sampler, vLLM later) returns a RolloutBatch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import torch
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 64
+    temperature: float = 1.0  # 0: greedy
+    top_p: float = 1.0
+    top_k: int = 0
+    num_samples: int = 1  # responses per prompt (G); the samples of a prompt are contiguous
+    seed: int | None = None
+
+
+@dataclass
+class RolloutBatch:
+    """N = len(prompts) * num_samples sampled responses.
+
+    prompt_ids:      [N, P] left-padded prompt tokens     prompt_mask:      [N, P]
+    completion_ids:  [N, T] right-padded sampled tokens   completion_mask:  [N, T] (1 up to and including EOS)
+    logprobs:        [N, T] log-probs of the sampled tokens under the sampler's distribution
+                     (logits / temperature, before top-p/top-k truncation); 0 for greedy.
+    """
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    completion_ids: torch.Tensor
+    completion_mask: torch.Tensor
+    logprobs: torch.Tensor
+    num_samples: int = 1
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.completion_mask.sum(-1)
+
+    def sequences(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids, attention_mask) [N, P + T] of prompt and completion, for scoring."""
+        return (torch.cat([self.prompt_ids, self.completion_ids], 1), torch.cat([self.prompt_mask, self.completion_mask], 1))
+
+
+class RolloutEngine(Protocol):
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> RolloutBatch: ...
+
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        """Make the engine sample from `model`'s current weights (a no-op for in-process engines)."""
+        ...
+
+
+ENGINES: dict[str, Callable[..., RolloutEngine]] = {}
+
+
+def register_engine(name: str):
+    def deco(factory):
+        ENGINES[name] = factory
+        return factory
+
+    return deco
+
+
+def build_engine(name: str, **kwargs) -> RolloutEngine:
+    if name not in ENGINES:
+        raise ValueError(f"unknown rollout engine {name!r}; registered: {', '.join(sorted(ENGINES))}")
+    return ENGINES[name](**kwargs)
