@@ -97,7 +97,7 @@ def _evaluate(cfg: Config, acc: Accelerator, model, tok, records: list[Record], 
 
 
 def run_stage(cfg: Config, name: str, acc: Accelerator, stage_dir: Path, init_from: str | None,
-              metrics_path: Path) -> dict[str, Any]:
+              metrics_path: Path, on_stage_end=None) -> dict[str, Any]:
     """Train one stage; returns its summary entry. Resumes from the stage's latest checkpoint if cfg.resume."""
     stage_dir.mkdir(parents=True, exist_ok=True)
     state_file = stage_dir / "stage_state.json"
@@ -132,6 +132,8 @@ def run_stage(cfg: Config, name: str, acc: Accelerator, stage_dir: Path, init_fr
     trainer.save(steps)
     acc.wait_for_everyone()
     model = trainer.model
+    if on_stage_end is not None:
+        on_stage_end(name, model, acc)
     after = _evaluate(cfg, acc, model, tok, ev, eos)
     if acc.is_main_process:
         tmp = stage_dir / "final.tmp"
@@ -157,12 +159,27 @@ def run_stage(cfg: Config, name: str, acc: Accelerator, stage_dir: Path, init_fr
     return entry
 
 
-def run_training(cfg: Config) -> dict[str, Any]:
-    """Run every stage of `cfg`; writes config.yaml, metrics.jsonl and summary.json in cfg.output_dir."""
+def _has_accelerator() -> bool:
+    """Without a GPU, Accelerator(cpu=True) is what makes `accelerate launch --multi_gpu` processes use gloo."""
+    if torch.cuda.is_available():
+        return True
+    xpu = getattr(torch, "xpu", None)
+    if xpu is not None and xpu.is_available():
+        return True
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def run_training(cfg: Config, on_stage_end=None) -> dict[str, Any]:
+    """Run every stage of `cfg`; writes config.yaml, metrics.jsonl and summary.json in cfg.output_dir.
+
+    on_stage_end(stage_name, model, accelerator), if given, is called on every process with the trained
+    model of each stage before its final evaluation.
+    """
     t0 = time.time()
     out = Path(cfg.output_dir)
     acc = Accelerator(mixed_precision=cfg.train.mixed_precision, log_with=cfg.logging.report_to or None,
-                      project_dir=str(out))
+                      project_dir=str(out), cpu=not _has_accelerator())
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         if not cfg.resume and (out / "summary.json").exists():
@@ -189,7 +206,7 @@ def run_training(cfg: Config) -> dict[str, Any]:
                     p.unlink()
         acc.wait_for_everyone()
         stage_metrics = out / "metrics.jsonl"
-        entry = run_stage(scfg, name, acc, stage_dir, init_from, stage_metrics)
+        entry = run_stage(scfg, name, acc, stage_dir, init_from, stage_metrics, on_stage_end)
         entries.append(entry)
         init_from = entry["final_checkpoint"]
     last = entries[-1]

@@ -38,6 +38,14 @@ def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tens
     return logits
 
 
+def _cache_kwarg(model: torch.nn.Module) -> str:
+    """transformers 5.x renamed `past_key_values` to `cache` (the old name warns); remote-code models may not have."""
+    import inspect
+
+    params = inspect.signature(type(model).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
 @torch.no_grad()
 def sample(
     model: torch.nn.Module,
@@ -61,8 +69,9 @@ def sample(
     model.eval()
     cache = DynamicCache()
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
-                use_cache=True, logits_to_keep=1)
+    ck = _cache_kwarg(model)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True, logits_to_keep=1,
+                **{ck: cache})
     next_pos = position_ids[:, -1:] + 1
     tokens = torch.full((n, params.max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     logps = torch.zeros((n, params.max_new_tokens), dtype=torch.float32, device=device)
@@ -92,8 +101,7 @@ def sample(
         if bool(done.all()) or t + 1 == params.max_new_tokens:
             break
         attn = torch.cat([attn, torch.ones((n, 1), dtype=attn.dtype, device=device)], 1)
-        out = model(input_ids=nxt[:, None], attention_mask=attn, position_ids=next_pos, past_key_values=cache,
-                    use_cache=True)
+        out = model(input_ids=nxt[:, None], attention_mask=attn, position_ids=next_pos, use_cache=True, **{ck: cache})
         next_pos = next_pos + 1
     if was_training:
         model.train()
