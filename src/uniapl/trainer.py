@@ -94,7 +94,7 @@ class Trainer:
     def model(self):
         return self.acc.unwrap_model(self.policy).model
 
-    def _prompt_ids(self, records: list[Record], pool: list[Record]) -> list[list[int]]:
+    def _prompt_ids(self, records: list[Record]) -> list[list[int]]:
         out = []
         for r in records:
             key = id(r)
@@ -108,13 +108,27 @@ class Trainer:
         # data order and sampling depend only on (seed, step, rank): a resumed run replays the same batches
         return random.Random(hash((self.cfg.seed, self.step_idx, self.acc.process_index, salt)))
 
-    def _rollout(self, prompts: list[list[int]], num_samples: int, salt: int) -> RolloutBatch:
+    def _rollout_all(self, requests: dict[str, tuple[list[list[int]], int]]) -> dict[str, RolloutBatch]:
+        """All of a step's rollouts (SFT-slice and preference-slice prompts) in ONE engine call: one decode loop."""
+        if not requests:
+            return {}
         rc = self.cfg.rollout
+        expanded, spans, start = [], {}, 0
+        for name, (prompts, g) in requests.items():
+            expanded.extend(p for p in prompts for _ in range(g))
+            spans[name] = (slice(start, start + len(prompts) * g), g)
+            start += len(prompts) * g
         params = SamplingParams(max_new_tokens=rc.max_new_tokens, temperature=rc.temperature, top_p=rc.top_p,
-                                top_k=rc.top_k, num_samples=num_samples,
-                                seed=(self.cfg.seed * 1_000_003 + self.step_idx * 7919 + self.acc.process_index * 131 + salt))
+                                top_k=rc.top_k, num_samples=1,
+                                seed=(self.cfg.seed * 1_000_003 + self.step_idx * 7919 + self.acc.process_index * 131))
         self.engine.sync_weights(self.model)
-        return self.engine.generate(prompts, params)
+        batch = self.engine.generate(expanded, params)
+        out = {}
+        for name, (sl, g) in spans.items():
+            part = batch.rows(sl)
+            part.num_samples = g
+            out[name] = part
+        return out
 
     def _coefficients(self, records: list[Record], texts: list[str], reps: int) -> tuple[torch.Tensor, dict[str, float]]:
         prompts = [r.prompt for r in records for _ in range(reps)]
@@ -145,10 +159,22 @@ class Trainer:
         jobs: list[_Job] = []
         accum = cfg.train.gradient_accumulation_steps
         temp = cfg.rollout.temperature if cfg.rollout.temperature > 0 else 1.0
+        sft_recs = pref_recs = []
+        requests: dict[str, tuple[list[list[int]], int]] = {}
         if p.uses_sft_slice:
-            idx = sample_indices(len(self.sft_records), cfg.train.sft_batch_size, self._rng(1))
-            recs = [self.sft_records[i] for i in idx]
-            prompts = self._prompt_ids(recs, self.sft_records)
+            sft_recs = [self.sft_records[i] for i in sample_indices(len(self.sft_records), cfg.train.sft_batch_size, self._rng(1))]
+            if "adv" in p.sft_terms:
+                requests["sft"] = (self._prompt_ids(sft_recs), cfg.rollout.adv_num_generations)
+        if p.uses_pref_slice:
+            pref_recs = [self.pref_records[i] for i in sample_indices(len(self.pref_records), cfg.train.pref_batch_size, self._rng(2))]
+            requests["pref"] = (self._prompt_ids(pref_recs), cfg.rollout.num_generations)
+        t0 = time.perf_counter()
+        rollouts = self._rollout_all(requests)
+        if rollouts:
+            metrics["time/rollout_s"] = time.perf_counter() - t0
+        if p.uses_sft_slice:
+            recs = sft_recs
+            prompts = self._prompt_ids(recs)
             if "sft" in p.sft_terms:
                 targets = [getattr(r, cfg.loss.sft_target) for r in recs]
                 pairs = [encode_target(self.tokenizer, pr, t, eos_id=self.eos_ids[0] if self.tokenizer.eos_token_id is None
@@ -161,7 +187,7 @@ class Trainer:
                 metrics["sft/target_length"] = float(cmask.sum(-1).float().mean())
             if "adv" in p.sft_terms:
                 g = cfg.rollout.adv_num_generations
-                batch = self._rollout(prompts, g, salt=1)
+                batch = rollouts["sft"]
                 texts = decode_completions(self.tokenizer, batch.completion_ids, batch.completion_mask, self.eos_ids)
                 coef, dm = self._coefficients(recs, texts, g)
                 metrics.update({f"{k}_sft" if k.startswith("adv/") else k: v for k, v in dm.items()})
@@ -175,12 +201,8 @@ class Trainer:
             from uniapl.verifiers import verifiable_reward, verify
 
             g = cfg.rollout.num_generations
-            idx = sample_indices(len(self.pref_records), cfg.train.pref_batch_size, self._rng(2))
-            recs = [self.pref_records[i] for i in idx]
-            prompts = self._prompt_ids(recs, self.pref_records)
-            t0 = time.perf_counter()
-            batch = self._rollout(prompts, g, salt=2)
-            metrics["time/rollout_s"] = time.perf_counter() - t0
+            recs = pref_recs
+            batch = rollouts["pref"]
             texts = decode_completions(self.tokenizer, batch.completion_ids, batch.completion_mask, self.eos_ids)
             t0 = time.perf_counter()
             rewards = torch.tensor([

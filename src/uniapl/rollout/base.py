@@ -39,6 +39,13 @@ class RolloutBatch:
     def lengths(self) -> torch.Tensor:
         return self.completion_mask.sum(-1)
 
+    def rows(self, sl: slice) -> "RolloutBatch":
+        """The rows `sl` of this batch (completion width trimmed to the longest kept row)."""
+        cmask = self.completion_mask[sl]
+        width = int(cmask.sum(-1).max().item()) if cmask.numel() else 0
+        return RolloutBatch(self.prompt_ids[sl], self.prompt_mask[sl], self.completion_ids[sl, :width], cmask[:, :width],
+                            self.logprobs[sl, :width], num_samples=self.num_samples)
+
     def sequences(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(input_ids, attention_mask) [N, P + T] of prompt and completion, for scoring."""
         return (torch.cat([self.prompt_ids, self.completion_ids], 1), torch.cat([self.prompt_mask, self.completion_mask], 1))
