@@ -68,3 +68,20 @@ def test_yaml_float_without_dot_and_bool_strictness():
     assert cfg.train.learning_rate == pytest.approx(1e-5)
     with pytest.raises(ConfigError, match="true or false"):
         load_config(None, ["resume=1"])
+
+
+@pytest.mark.parametrize("path", sorted(__import__("glob").glob("configs/**/*.yaml", recursive=True)))
+def test_every_shipped_config_validates(path):
+    if "/experiments/" in path:
+        pytest.skip("experiment configs have their own schema")
+    load_config(path)
+
+
+def test_kwargs_as_json_string(tmp_path):
+    import json
+
+    from uniapl.data.loaders import read_jsonl
+
+    p = tmp_path / "d.jsonl"
+    p.write_text(json.dumps({"prompt": "x", "instruction_id_list": ["punctuation:no_comma"], "kwargs": "[{}]"}) + "\n")
+    assert read_jsonl(p)[0].kwargs == [{}]

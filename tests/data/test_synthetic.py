@@ -267,3 +267,17 @@ def test_global_random_state_is_untouched():
     before = random.getstate()
     generate_task(SyntheticTaskConfig(seed=8, n_train=30, n_eval=4, n_warmup=30))
     assert random.getstate() == before
+
+
+def test_warmup_teacher_style_share():
+    from dataclasses import replace
+
+    from uniapl.data.synthetic import SyntheticTaskConfig, generate_task
+
+    base = SyntheticTaskConfig(n_train=0, n_eval=0, n_warmup=400, check_language=False)
+    plain = generate_task(base)["warmup"]
+    mixed = generate_task(replace(base, warmup_teacher_style_prob=0.5))["warmup"]
+    opener = "certainly, here is a short note"
+    share = sum(opener in r.ground_truth.lower().replace('"', "") for r in mixed) / len(mixed)
+    assert sum(opener in r.ground_truth.lower() for r in plain) == 0
+    assert 0.35 < share < 0.65

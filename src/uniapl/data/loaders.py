@@ -63,6 +63,13 @@ def record_from_row(row: dict, where: str, field_map: dict[str, str] | None = No
                 raise DataError(f"{where}: 'messages' holds only an assistant turn, no prompt")
     ids = values.get("instruction_id_list", [])
     kwargs = values.get("kwargs", [{} for _ in ids])
+    if isinstance(kwargs, str):  # e.g. argilla/ifeval-like-data stores kwargs as a JSON string
+        try:
+            kwargs = json.loads(kwargs)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: 'kwargs' is a string but not valid JSON: {e.msg}") from e
+        if isinstance(kwargs, dict) and len(ids) == 1:
+            kwargs = [kwargs]
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         raise DataError(f"{where}: 'instruction_id_list' must be a list of strings")
     if not isinstance(kwargs, list) or not all(isinstance(k, dict) for k in kwargs):

@@ -99,6 +99,9 @@ class SyntheticTaskConfig:
     max_instructions: int = 2
     teacher_follow_prob: float = 0.9  # per instruction
     student_follow_prob: float = 0.35  # per instruction, warm-up answers
+    # share of warm-up answers written in the teacher's style (still weak at following instructions): a
+    # pre-trained student has seen the teacher's kind of language, it just does not follow instructions well
+    warmup_teacher_style_prob: float = 0.0
     check_language: bool = True  # redraft case-constrained answers langdetect would not call English
 
 
@@ -339,7 +342,10 @@ def _record(split: str, index: int, topic: Topic, combo: tuple[str, ...], rng: R
         return {i: rng.random() < p for i in order}
 
     if split == "warmup":
-        ground_truth = _respond(PLAIN, topic, spec, sample_follow(cfg.student_follow_prob), rng, cfg.check_language)
+        style = PLAIN
+        if cfg.warmup_teacher_style_prob > 0 and rng.random() < cfg.warmup_teacher_style_prob:
+            style = TEACHER
+        ground_truth = _respond(style, topic, spec, sample_follow(cfg.student_follow_prob), rng, cfg.check_language)
         teacher = None
     else:
         ground_truth = _respond(PLAIN, topic, spec, everything, rng, cfg.check_language)
@@ -358,7 +364,7 @@ def generate_task(cfg: SyntheticTaskConfig) -> dict[str, list[Record]]:
     for name in ("n_train", "n_eval", "n_warmup"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
-    for name in ("teacher_follow_prob", "student_follow_prob"):
+    for name in ("teacher_follow_prob", "student_follow_prob", "warmup_teacher_style_prob"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {getattr(cfg, name)}")
     combos = instruction_combinations(cfg.min_instructions, cfg.max_instructions)

@@ -1,0 +1,24 @@
+# One command each: `make quickstart` (set up + run the embedded default), `make test` (set up + run the tests).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?= -q -n 2 --durations=15
+
+.PHONY: install quickstart test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+quickstart: install
+	$(VENV)/bin/uniapl train configs/quickstart.yaml $(ARGS)
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
