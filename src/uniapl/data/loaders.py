@@ -122,16 +122,32 @@ def read_dataset(path: str, split: str, name: str | None, field_map: dict[str, s
     return [record_from_row(dict(row), f"{path}[{split}][{i}]", field_map) for i, row in enumerate(ds)]
 
 
+_SYNTHETIC_CACHE: dict[tuple, dict[str, list[Record]]] = {}
+
+
+def synthetic_task(cfg) -> dict[str, list[Record]]:
+    """The synthetic task for `cfg`, generated once per process (stages and the tokenizer share it)."""
+    import dataclasses
+
+    from uniapl.data.synthetic import generate_task
+
+    key = dataclasses.astuple(cfg)
+    if key not in _SYNTHETIC_CACHE:
+        _SYNTHETIC_CACHE.clear()  # keep one task: they are a few MB each
+        _SYNTHETIC_CACHE[key] = generate_task(cfg)
+    return _SYNTHETIC_CACHE[key]
+
+
 def load_records(source, synthetic_cfg=None) -> list[Record]:
     """DataSource -> records. `synthetic:<split>` builds the bundled task (train / eval / warmup)."""
     path = source.path
     if not path:
         raise DataError("a data source has an empty 'path'")
     if path.startswith("synthetic:"):
-        from uniapl.data.synthetic import SyntheticTaskConfig, generate_task
+        from uniapl.data.synthetic import SyntheticTaskConfig
 
         split = path.split(":", 1)[1]
-        task = generate_task(synthetic_cfg or SyntheticTaskConfig())
+        task = synthetic_task(synthetic_cfg or SyntheticTaskConfig())
         if split not in task:
             raise DataError(f"unknown synthetic split {split!r}; available: {', '.join(task)}")
         recs = task[split]
