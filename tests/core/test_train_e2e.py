@@ -112,3 +112,11 @@ def test_missing_teacher_is_a_data_error(tiny_overrides, tmp_path, capsys):
                f"data.train.path={data}", "eval.enabled=false"])
     assert rc == 2
     assert f"{data}:1: record lacks 'teacher'" in capsys.readouterr().err
+
+
+def test_tensorboard_tracker_writes_events(tiny_overrides):
+    pytest.importorskip("tensorboard")
+    cfg = load_config(None, tiny_overrides + ["algorithm=sft", "logging.report_to=[tensorboard]", "eval.enabled=false"])
+    run_training(cfg)
+    events = list(Path(cfg.output_dir).rglob("events.out.tfevents.*"))
+    assert events, "no TensorBoard event file written"
