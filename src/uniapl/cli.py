@@ -21,6 +21,12 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _experiment(args: argparse.Namespace) -> int:
+    from uniapl.experiment.runner import main as run_main
+
+    return run_main(args.config, list(args.overrides))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="uniapl", description="Unified Adversarial Preference Learning for language models")
     sub = p.add_subparsers(dest="command", required=True)
@@ -28,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("config", help="YAML config file (see configs/)")
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=50 output_dir=runs/x resume=true")
     t.set_defaults(func=_train)
+    e = sub.add_parser("experiment", help="run a matrix of methods x seeds x swept values, then the paper's table and "
+                                          "figures: uniapl experiment CONFIG [key=value ...]")
+    e.add_argument("config", help="experiment YAML (see configs/experiments/)")
+    e.add_argument("overrides", nargs="*", help="dotted overrides, e.g. output_dir=runs/exp seeds=[0] "
+                                                "select=[sft,grpo] overrides.train.sft_batch_size=4")
+    e.set_defaults(func=_experiment)
     for mod in ("uniapl.verifiers.cli", "uniapl.discriminators.cli"):
         try:
             module = __import__(mod, fromlist=["add_subparser"])

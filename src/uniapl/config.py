@@ -19,7 +19,7 @@ from uniapl.config_schema import ConfigError, deep_merge, from_dict, set_dotted,
 from uniapl.data.synthetic import SyntheticTaskConfig
 from uniapl.discriminators.config import DiscriminatorConfig
 
-ALGORITHM_NAMES = ("sft", "grpo", "a_sft", "a_grpo", "unified")
+ALGORITHM_NAMES = ("sft", "grpo", "a_sft", "a_grpo", "unified", "chord", "a_chord", "dpo", "a_dpo", "kto", "a_kto")
 
 
 @dataclass
@@ -60,6 +60,27 @@ class DataSource:
     name: Optional[str] = None  # dataset config name
     limit: Optional[int] = None  # keep the first N records
     field_map: dict[str, str] = field(default_factory=dict)  # record field -> column name
+    # published layouts: "records" (uniapl's own fields, see README), "ifeval_like", "ifbench" (IF-RLVR
+    # messages + ground_truth), "autoif" (model-written verification code, run sandboxed)
+    format: Literal["records", "ifeval_like", "ifbench", "autoif"] = "records"
+
+
+@dataclass
+class PairsConfig:
+    """Preference data for DPO / KTO (`uniapl.preference`).
+
+    source: "data"  use the records' chosen/rejected (DPO) or completion/label (KTO) fields;
+            "build" build them: chosen = the reference answer (loss.sft_target first) that passes the
+            verifiers, rejected = a sample of the reference (starting) policy that fails them;
+            "auto"  the records' fields where present, built otherwise.
+    """
+
+    source: Literal["auto", "data", "build"] = "auto"
+    num_samples: int = 4  # reference-policy samples drawn per prompt when looking for a failing answer
+
+    def __post_init__(self) -> None:
+        if self.num_samples < 1:
+            raise ValueError(f"key 'data.pairs.num_samples' must be >= 1, got {self.num_samples}")
 
 
 @dataclass
@@ -71,6 +92,7 @@ class DataConfig:
     synthetic: SyntheticTaskConfig = field(default_factory=SyntheticTaskConfig)
     max_prompt_tokens: int = 256
     max_response_tokens: int = 256  # SFT targets longer than this are truncated
+    pairs: PairsConfig = field(default_factory=PairsConfig)
 
 
 @dataclass
@@ -114,12 +136,54 @@ class GRPOConfig:
 
 
 @dataclass
+class ChordConfig:
+    """CHORD (algorithms chord, a_chord): mu = mu_schedule(step, ...) weights the expert SFT slice, 1 - mu GRPO."""
+
+    mu_warmup_steps: int = 200
+    mu_decay_steps: int = 400
+    mu_peak: float = 0.5
+    mu_valley: float = 0.02
+    phi: bool = False  # weight SFT tokens by stopgrad(p (1 - p)) (CHORD-phi)
+    expert_share: Optional[float] = None  # expert rows / all rows of a step; sets the SFT batch size (None: train.sft_batch_size)
+
+    def __post_init__(self) -> None:
+        for k in ("mu_peak", "mu_valley"):
+            if not 0.0 <= getattr(self, k) <= 1.0:
+                raise ValueError(f"key 'loss.chord.{k}' must be in [0, 1], got {getattr(self, k)}")
+        for k in ("mu_warmup_steps", "mu_decay_steps"):
+            if getattr(self, k) < 0:
+                raise ValueError(f"key 'loss.chord.{k}' must be >= 0, got {getattr(self, k)}")
+        if self.expert_share is not None and not 0.0 < self.expert_share < 1.0:
+            raise ValueError(f"key 'loss.chord.expert_share' must be in (0, 1) or null, got {self.expert_share}")
+
+
+@dataclass
+class DPOConfig:
+    beta: float = 0.1
+
+
+@dataclass
+class KTOConfig:
+    beta: float = 0.1
+    desirable_weight: float = 1.0
+    undesirable_weight: float = 1.0
+
+
+@dataclass
 class LossConfig:
     alpha: float = 0.5  # eq. (2): weight of the A-SFT part
     lambda_adv: float = 0.01
     sft_target: Literal["teacher", "ground_truth"] = "teacher"
     mask_think_prefix: bool = True
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    # how the discriminator reaches the GRPO update (paper Table 4): "loss" a separate term lambda_adv * L_ADV
+    # (the method); "reward_raw" / "reward_coef" its raw score / coefficient added to the verifiable reward
+    # (times adv_reward_scale) before advantages, with no adversarial loss term on that slice.
+    adv_signal: Literal["loss", "reward_raw", "reward_coef"] = "loss"
+    adv_reward_scale: float = 1.0
+    chord: ChordConfig = field(default_factory=ChordConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    kto: KTOConfig = field(default_factory=KTOConfig)
 
 
 @dataclass
@@ -135,6 +199,8 @@ class EvalConfig:
     batch_size: int = 64
     limit: Optional[int] = None
     every: int = 0  # evaluate every N steps during training (0: only before/after)
+    before: bool = True  # evaluate the starting model too (eval.before in summary.json)
+    save_responses: bool = True  # write the final evaluation's responses to eval_responses.jsonl
 
 
 @dataclass

@@ -4,6 +4,7 @@ Output directory layout:
     config.yaml            the resolved config
     metrics.jsonl          one JSON line per logged step (all stages; each line carries its stage name)
     summary.json           algorithm, wall_seconds, steps, eval.before / eval.after, and per-stage entries
+    eval_responses.jsonl   the final evaluation's responses (key, response, length_tokens, strict, loose, ...)
     <stage>/checkpoints/step-NNNNNN/   HF-format model + tokenizer + trainer_state.pt (atomic)
     <stage>/final/                     the stage's final model (HF format)
 For a single-stage config the stage directory is the output directory itself.
@@ -47,7 +48,10 @@ def build_policy(cfg: Config, init_from: str | None):
     if cfg.model.name_or_path == EMBEDDED:
         from uniapl.data.synthetic import task_corpus
 
-        tok = build_embedded_tokenizer(task_corpus(cfg.data.synthetic), cfg.model.embedded.vocab_size)
+        from uniapl.data.loaders import synthetic_task
+
+        task = synthetic_task(cfg.data.synthetic)
+        tok = build_embedded_tokenizer(task_corpus(cfg.data.synthetic, task), cfg.model.embedded.vocab_size)
         return build_embedded_model(tok, cfg.model.embedded, cfg.seed), tok
     return load_model(cfg.model), load_tokenizer(cfg.model)
 
@@ -73,9 +77,16 @@ def _records_for(cfg: Config) -> tuple[list[Record], list[Record], list[Record]]
             require(sft, [cfg.discriminator.reference], f"the adversarial term (discriminator.reference={cfg.discriminator.reference})")
             if cfg.discriminator.reference == "ground_truth":
                 require(sft, ["teacher"], "the adversarial term in ground_truth mode")
-    if p.uses_pref_slice:
+    if p.online:
         require(pref, ["instruction_id_list"], f"algorithm '{cfg.algorithm}' (verifiable rewards)")
         validate_specs(pref)
+    elif p.offline_preference:
+        if cfg.data.pairs.source == "data":
+            fields = ["chosen", "rejected"] if p.pref_main == "dpo" else []
+            require(pref, fields, f"algorithm '{cfg.algorithm}' (data.pairs.source=data)")
+        else:  # pairs are built from verifiers where the data has none (uniapl.preference)
+            validate_specs(pref)
+    if p.uses_pref_slice:
         if "adv" in p.pref_terms:
             require(pref, [cfg.discriminator.reference], f"the adversarial term (discriminator.reference={cfg.discriminator.reference})")
             if cfg.discriminator.reference == "ground_truth":
@@ -88,16 +99,24 @@ def _records_for(cfg: Config) -> tuple[list[Record], list[Record], list[Record]]
     return sft, pref, ev
 
 
-def _evaluate(cfg: Config, acc: Accelerator, model, tok, records: list[Record], eos: list[int]) -> dict[str, Any]:
+def _evaluate(cfg: Config, acc: Accelerator, model, tok, records: list[Record], eos: list[int],
+              responses_path: Path | None = None) -> dict[str, Any]:
+    """IFEval metrics on the held-out records; with `responses_path`, also one JSON line per response there."""
     if not records:
         return {}
-    return evaluate(model, tok, records, eos_ids=eos, pad_id=tok.pad_token_id, max_new_tokens=cfg.eval.max_new_tokens,
-                    batch_size=cfg.eval.batch_size, enable_thinking=cfg.model.enable_thinking,
-                    max_prompt_tokens=cfg.data.max_prompt_tokens, accelerator=acc)
+    out = evaluate(model, tok, records, eos_ids=eos, pad_id=tok.pad_token_id, max_new_tokens=cfg.eval.max_new_tokens,
+                   batch_size=cfg.eval.batch_size, enable_thinking=cfg.model.enable_thinking,
+                   max_prompt_tokens=cfg.data.max_prompt_tokens, accelerator=acc, return_details=responses_path is not None)
+    if responses_path is None:
+        return out
+    metrics, rows = out
+    if acc.is_main_process:
+        _atomic_write(responses_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return metrics
 
 
 def run_stage(cfg: Config, name: str, acc: Accelerator, stage_dir: Path, init_from: str | None,
-              metrics_path: Path, on_stage_end=None) -> dict[str, Any]:
+              metrics_path: Path, on_stage_end=None, known_before: dict | None = None) -> dict[str, Any]:
     """Train one stage; returns its summary entry. Resumes from the stage's latest checkpoint if cfg.resume."""
     stage_dir.mkdir(parents=True, exist_ok=True)
     state_file = stage_dir / "stage_state.json"
@@ -112,12 +131,17 @@ def run_stage(cfg: Config, name: str, acc: Accelerator, stage_dir: Path, init_fr
     eos = eos_token_ids(model, tok)
     previous = json.loads(state_file.read_text()) if (ckpt and state_file.is_file()) else {}
     t_start = time.time()
-    before = previous.get("eval_before")
+    before = previous.get("eval_before", known_before)
     if before is None:
-        before = _evaluate(cfg, acc, model, tok, ev, eos)
+        before = _evaluate(cfg, acc, model, tok, ev, eos) if cfg.eval.before else {}
         if acc.is_main_process:
             _atomic_write(state_file, json.dumps({"eval_before": before}, indent=2))
-    trainer = Trainer(cfg, acc, model, tok, sft_records=sft, pref_records=pref, stage_dir=stage_dir, eos_ids=eos)
+    ref_model = None
+    p = get_algorithm(cfg.algorithm)
+    if ckpt is not None and ((p.online and cfg.loss.grpo.beta > 0) or p.offline_preference):
+        ref_model, _ = build_policy(cfg, init_from)  # the reference is the stage's start, not the resumed weights
+    trainer = Trainer(cfg, acc, model, tok, sft_records=sft, pref_records=pref, stage_dir=stage_dir, eos_ids=eos,
+                      ref_model=ref_model)
     if ckpt is not None:
         trainer.restore(ckpt)
         log.info("resumed stage %s from %s (step %d)", name, ckpt, trainer.step_idx)
@@ -134,7 +158,8 @@ def run_stage(cfg: Config, name: str, acc: Accelerator, stage_dir: Path, init_fr
     model = trainer.model
     if on_stage_end is not None:
         on_stage_end(name, model, acc)
-    after = _evaluate(cfg, acc, model, tok, ev, eos)
+    after = _evaluate(cfg, acc, model, tok, ev, eos,
+                      responses_path=stage_dir / "eval_responses.jsonl" if cfg.eval.save_responses else None)
     if acc.is_main_process:
         tmp = stage_dir / "final.tmp"
         if tmp.exists():
@@ -157,6 +182,17 @@ def run_stage(cfg: Config, name: str, acc: Accelerator, stage_dir: Path, init_fr
         _atomic_write(stage_dir / "stage_summary.json", json.dumps(entry, indent=2))
     acc.wait_for_everyone()
     return entry
+
+
+def _same_eval(a: Config, b: Config) -> bool:
+    from uniapl.config_schema import to_dict
+
+    def scored(c: Config) -> dict:  # what decides the evaluation's result (not when it runs)
+        return {k: v for k, v in to_dict(c.eval).items() if k in ("enabled", "max_new_tokens", "limit")}
+
+    keys = lambda c: (scored(c), to_dict(c.data.eval), to_dict(c.data.synthetic), c.data.max_prompt_tokens,
+                      c.model.enable_thinking, c.model.chat_template)
+    return keys(a) == keys(b)
 
 
 def _has_accelerator() -> bool:
@@ -199,17 +235,23 @@ def run_training(cfg: Config, on_stage_end=None) -> dict[str, Any]:
             shutil.rmtree(stage_dir)
         acc.wait_for_everyone()
         if not cfg.resume and len(stages) == 1 and acc.is_main_process:
-            for p in (out / "checkpoints", out / "final", out / "stage_summary.json", out / "stage_state.json"):
+            for p in (out / "checkpoints", out / "final", out / "stage_summary.json", out / "stage_state.json",
+                      out / "eval_responses.jsonl"):
                 if p.is_dir():
                     shutil.rmtree(p)
                 elif p.exists():
                     p.unlink()
         acc.wait_for_everyone()
         stage_metrics = out / "metrics.jsonl"
-        entry = run_stage(scfg, name, acc, stage_dir, init_from, stage_metrics, on_stage_end)
+        # the previous stage's final evaluation IS this stage's starting evaluation when both evaluate alike
+        known = entries[-1]["eval"]["after"] if entries and _same_eval(stages[i - 1][1], scfg) else None
+        entry = run_stage(scfg, name, acc, stage_dir, init_from, stage_metrics, on_stage_end, known_before=known)
         entries.append(entry)
         init_from = entry["final_checkpoint"]
     last = entries[-1]
+    last_responses = Path(last["final_checkpoint"]).parent / "eval_responses.jsonl"
+    if acc.is_main_process and len(stages) > 1 and last_responses.is_file():
+        shutil.copyfile(last_responses, out / "eval_responses.jsonl")
     summary = {
         "algorithm": cfg.algorithm if not cfg.stages else "->".join(e["algorithm"] for e in entries),
         "output_dir": str(out),

@@ -60,8 +60,7 @@ class _Job:
     labels: torch.Tensor | None = None  # kto: [rows] bool, True = desirable
 
 
-# normalisers by job kind: token aggregation for per-token terms, a count of pairs / examples for DPO / KTO
-_PER_TOKEN_KINDS = ("sft", "adv_sft", "pref", "adv_pref")
+_JOB_KINDS = ("sft", "adv_sft", "pref", "adv_pref", "dpo", "kto")
 
 
 class Trainer:
@@ -367,21 +366,25 @@ class Trainer:
         rows.sort(key=lambda x: not x[2])  # stable: desirable block, then undesirable block
         metrics["kto/desirable"] = float(sum(lab for _, _, lab in rows))
         metrics["kto/undesirable"] = float(sum(not lab for _, _, lab in rows))
-        if not rows:
-            return []
-        enc = [self._encode(pr, text) for pr, text, _ in rows]
-        ids, attn, cmask = pack([a for a, _ in enc], [b for _, b in enc], self.pad_id)
-        labels = torch.tensor([lab for _, _, lab in rows], dtype=torch.bool)
-        ref_seq = self._sequence_logps(self.ref_model, ids, attn, cmask)
-        # KL reference point z on mismatched pairs (prompt i, completion of row i + 1), summed over processes
         n = len(rows)
-        mism = [(rows[i][0], enc[(i + 1) % n][1]) for i in range(n)]
-        mids, mattn, mmask = pack([a for a, _ in mism], [b for _, b in mism], self.pad_id)
-        diff = self._sequence_logps(self.model, mids, mattn, mmask) - self._sequence_logps(self.ref_model, mids, mattn, mmask)
-        total, count = self._global_sum(float(diff.sum())), self._global_sum(float(n))
+        local_sum = 0.0
+        if rows:
+            enc = [self._encode(pr, text) for pr, text, _ in rows]
+            ids, attn, cmask = pack([a for a, _ in enc], [b for _, b in enc], self.pad_id)
+            labels = torch.tensor([lab for _, _, lab in rows], dtype=torch.bool)
+            ref_seq = self._sequence_logps(self.ref_model, ids, attn, cmask)
+            # KL reference point z on mismatched pairs (prompt i, completion of row i + 1)
+            mism = [(rows[i][0], enc[(i + 1) % n][1]) for i in range(n)]
+            mids, mattn, mmask = pack([a for a, _ in mism], [b for _, b in mism], self.pad_id)
+            diff = (self._sequence_logps(self.model, mids, mattn, mmask)
+                    - self._sequence_logps(self.ref_model, mids, mattn, mmask))
+            local_sum = float(diff.sum())
+        total, count = self._global_sum(local_sum), self._global_sum(float(n))  # every process, rows or not
         z = kto_reference_point(torch.tensor([total / max(count, 1.0)]), torch.zeros(1))
         metrics["kto/kl"] = z
         self._kto_z = z
+        if not rows:
+            return []
         return [_Job("kto", ids[sl], attn[sl], cmask[sl], ref_seq=ref_seq[sl], labels=labels[sl])
                 for sl in micro_slices(n, self.cfg.train.gradient_accumulation_steps)]
 
@@ -445,7 +448,8 @@ class Trainer:
             if p.weighting == "chord_mu":
                 metrics["chord/mu"] = weights[0]
         # one normaliser per kind of job, over the whole step: exact under accumulation and data parallelism
-        norms = {k: self._normalizer([j for j in jobs if j.kind == k], k) for k in {j.kind for j in jobs}}
+        # (every process reduces every kind, in the same order, even those it has no job of)
+        norms = {k: self._normalizer([j for j in jobs if j.kind == k], k) for k in _JOB_KINDS}
         totals: dict[str, float] = {}
         weighted: dict[str, list[float]] = {}
         self.optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,253 @@
+"""The experiment config: a matrix of methods x swept values x seeds under one budget.
+
+    name: laptop
+    output_dir: runs/experiments/laptop
+    base: null                     # a training config the runs derive from (path, relative to this file or the CWD)
+    overrides: {...}               # training-config keys for every run (nested or dotted)
+    steps: 60                      # the budget: optimizer steps of every method, its stages together
+    seeds: [0, 1, 2]
+    warmup: {algorithm: sft, steps: 300, overrides: {...}}   # run once; every run starts from its weights
+    teacher: {build: {algorithm: sft, steps: 150, overrides: {...}}}   # or {model: PATH}
+    methods:
+      sft_grpo: {label: "SFT→GRPO", stages: [{algorithm: sft}, {algorithm: grpo}]}
+      unified: {algorithm: unified}
+    sweep: [{key: loss.lambda_adv, values: [0.1, 0.01], methods: [a_grpo]}]
+
+Equal budget: every method trains `steps` optimizer steps (a staged method splits them: stages without
+`steps` share what the others leave, equally) with the same rollout settings; method and stage
+overrides may not change the budget keys (`BUDGET_KEYS`); a sweep may, explicitly.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from uniapl.config import Config, load_raw, stage_configs
+from uniapl.config_schema import ConfigError, deep_merge, from_dict, set_dotted, to_dict
+
+BUDGET_KEYS = ("train.steps", "train.pref_batch_size", "rollout.num_generations", "rollout.max_new_tokens",
+               "rollout.adv_num_generations")
+
+
+@dataclass
+class StageSpec:
+    algorithm: str = "sft"
+    steps: Optional[int] = None  # methods: None shares the budget; warmup/teacher: None keeps the config's train.steps
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class MethodConfig:
+    label: Optional[str] = None  # the name in tables and legends (default: the method's key)
+    algorithm: Optional[str] = None  # a single-stage method ...
+    stages: list[StageSpec] = field(default_factory=list)  # ... or a pipeline, each stage from the previous one
+    overrides: dict[str, Any] = field(default_factory=dict)  # training-config keys for every stage
+
+    def __post_init__(self) -> None:
+        if (self.algorithm is None) == (not self.stages):
+            raise ValueError("a method needs exactly one of 'algorithm' or 'stages'")
+
+
+@dataclass
+class SweepAxis:
+    key: str = ""  # a dotted training-config key, e.g. loss.lambda_adv
+    values: list[Any] = field(default_factory=list)
+    methods: list[str] = field(default_factory=list)  # the methods it applies to (empty: all)
+
+    def __post_init__(self) -> None:
+        if not self.key or not self.values:
+            raise ValueError("a sweep axis needs a 'key' and a non-empty list of 'values'")
+
+
+@dataclass
+class TeacherConfig:
+    """The teacher MODEL of Figure 4 (log-likelihoods) and of the teacher-model length curve.
+
+    model: a local path or hub id; null: build one with `build`, starting from the warm-up's weights
+    (on the embedded default: SFT on the data's teacher answers, a stand-in for the paper's teacher LLM).
+    """
+
+    model: Optional[str] = None
+    build: Optional[StageSpec] = None
+
+
+@dataclass
+class AnalysisConfig:
+    num_samples: int = 128  # responses sampled per run (temperature below) for the log-likelihood gap
+    temperature: float = 1.0
+    max_new_tokens: Optional[int] = None  # default: eval.max_new_tokens
+    smoothing: int = 5  # moving-average window of the training curves (steps)
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    output_dir: str = "runs/experiment"
+    base: Optional[str] = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    steps: int = 60
+    seeds: list[int] = field(default_factory=lambda: [0])
+    methods: dict[str, MethodConfig] = field(default_factory=dict)
+    select: list[str] = field(default_factory=list)  # run only these methods (empty: all)
+    sweep: list[SweepAxis] = field(default_factory=list)
+    warmup: Optional[StageSpec] = None
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    jobs: int = 1  # runs in parallel, each in its own process (1: in this process)
+    threads_per_job: int = 1  # torch / OpenMP threads of each run process
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"key 'steps' must be >= 1, got {self.steps}")
+        if not self.seeds:
+            raise ValueError("key 'seeds' must list at least one seed")
+        if self.jobs < 1 or self.threads_per_job < 1:
+            raise ValueError("keys 'jobs' and 'threads_per_job' must be >= 1")
+
+
+@dataclass
+class RunSpec:
+    """One cell of the matrix: a method at one sweep point and one seed."""
+
+    run_id: str  # "<method>[__key=value ...]"
+    method: str
+    label: str
+    sweep: dict[str, Any]
+    seed: int
+    config: dict[str, Any]  # the full training config (plain dict), stages included
+
+
+def _flat_keys(d: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and v:
+            out.extend(_flat_keys(v, key))
+        out.append(key)
+    return out
+
+
+def _slug(value: Any) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", str(value))
+
+
+def load_experiment(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> tuple[ExperimentConfig, dict]:
+    """(experiment config, base training config as a plain dict). Errors name file:line or 'command line'."""
+    data, where = load_raw(path, overrides)
+    exp = from_dict(ExperimentConfig, data, where=where)
+    base: dict[str, Any] = {}
+    if exp.base:
+        candidates = [Path(exp.base)] + ([Path(path).parent / exp.base] if path else [])
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise ConfigError(f"{where('base')}: key 'base': training config {exp.base!r} not found")
+        base, _ = load_raw(found)
+    base.pop("stages", None)
+    base = deep_merge(base, copy.deepcopy(exp.overrides))
+    try:
+        from_dict(Config, base, where=lambda k: f"{where('overrides')} (overrides/base key '{k}')")
+    except ConfigError:
+        raise
+    for name in exp.select:
+        if name not in exp.methods:
+            raise ConfigError(f"{where('select')}: key 'select': unknown method {name!r}; methods: {', '.join(exp.methods)}")
+    for i, axis in enumerate(exp.sweep):
+        for m in axis.methods:
+            if m not in exp.methods:
+                raise ConfigError(f"{where(f'sweep[{i}]')}: sweep over {axis.key!r}: unknown method {m!r}")
+    for name, m in exp.methods.items():
+        touched = set(_flat_keys(deep_merge({}, m.overrides)))
+        for s in m.stages:
+            touched |= set(_flat_keys(deep_merge({}, s.overrides)))
+        bad = sorted(touched & set(BUDGET_KEYS))
+        if bad:
+            raise ConfigError(f"{where(f'methods.{name}')}: method {name!r} overrides budget key(s) {', '.join(bad)}: "
+                              f"every method runs with the same steps and rollout settings (use a sweep to vary them)")
+    if not exp.methods:
+        raise ConfigError(f"{where('methods')}: key 'methods': the experiment defines no method")
+    return exp, base
+
+
+def _stage_steps(name: str, stages: list[StageSpec], budget: int) -> list[int]:
+    fixed = sum(s.steps for s in stages if s.steps is not None)
+    free = [i for i, s in enumerate(stages) if s.steps is None]
+    left = budget - fixed
+    if left < 0 or (not free and left != 0) or (free and left < len(free)):
+        raise ConfigError(f"method {name!r}: stage steps {[s.steps for s in stages]} do not fit the budget of {budget} steps")
+    out = [s.steps for s in stages]
+    for j, i in enumerate(free):
+        out[i] = left // len(free) + (1 if j < left % len(free) else 0)
+    return out  # type: ignore[return-value]
+
+
+def stage_run_config(base: dict, spec: StageSpec, *, output_dir: str, init_from: str | None, seed: int | None = None
+                     ) -> dict[str, Any]:
+    """A single-stage training config (warm-up, teacher build) from the base config and a StageSpec."""
+    d = deep_merge(copy.deepcopy(base), copy.deepcopy(spec.overrides))
+    d["algorithm"] = spec.algorithm
+    if spec.steps is not None:
+        d = deep_merge(d, {"train": {"steps": spec.steps}})
+    if seed is not None:
+        d["seed"] = seed
+    if init_from is not None:
+        d = deep_merge(d, {"model": {"name_or_path": init_from}})
+    d.update(output_dir=output_dir, resume=True, stages=[])
+    return d
+
+
+def expand_runs(exp: ExperimentConfig, base: dict, *, runs_dir: Path, init_from: str | None) -> list[RunSpec]:
+    """Every (method, sweep point, seed) of the matrix with its full training config, validated."""
+    runs = []
+    names = exp.select or list(exp.methods)
+    for name in names:
+        m = exp.methods[name]
+        axes = [a for a in exp.sweep if not a.methods or name in a.methods]
+        points = [dict(zip([a.key for a in axes], combo)) for combo in itertools.product(*[a.values for a in axes])]
+        stages = m.stages or [StageSpec(algorithm=m.algorithm or "", overrides={})]
+        steps = _stage_steps(name, stages, exp.steps)
+        for point in points:
+            run_id = name + "".join(f"__{k.split('.')[-1]}={_slug(v)}" for k, v in point.items())
+            for seed in exp.seeds:
+                d = deep_merge(copy.deepcopy(base), copy.deepcopy(m.overrides))
+                for k, v in point.items():
+                    set_dotted(d, k, copy.deepcopy(v))
+                if init_from is not None:
+                    d = deep_merge(d, {"model": {"name_or_path": init_from}})
+                d.update(seed=seed, output_dir=str(runs_dir / run_id / f"seed-{seed}"), resume=True)
+                if len(stages) == 1:
+                    d = deep_merge(d, copy.deepcopy(stages[0].overrides))
+                    d = deep_merge(d, {"train": {"steps": steps[0]}})
+                    for k, v in point.items():  # a sweep wins over method and stage overrides
+                        set_dotted(d, k, copy.deepcopy(v))
+                    d["algorithm"] = stages[0].algorithm
+                    d["stages"] = []
+                else:
+                    st = []
+                    algs = [s.algorithm for s in stages]
+                    for i, (s, n) in enumerate(zip(stages, steps)):
+                        ov = deep_merge(copy.deepcopy(s.overrides), {"train": {"steps": n}})
+                        for k, v in point.items():
+                            set_dotted(ov, k, copy.deepcopy(v))
+                        name_i = s.algorithm if algs.count(s.algorithm) == 1 else f"{i}-{s.algorithm}"
+                        st.append({"name": name_i, "algorithm": s.algorithm, "overrides": ov})
+                    d["algorithm"] = stages[-1].algorithm
+                    d["stages"] = st
+                try:
+                    stage_configs(from_dict(Config, copy.deepcopy(d), where=lambda k, n=name: f"method {n!r}"))
+                except ConfigError as e:
+                    raise ConfigError(f"method {name!r} (seed {seed}, sweep {point or '-'}): {e}") from e
+                runs.append(RunSpec(run_id=run_id, method=name, label=m.label or name, sweep=point, seed=seed, config=d))
+    return runs
+
+
+def dump_experiment(exp: ExperimentConfig) -> dict:
+    return to_dict(exp)
+
+
+__all__ = ["AnalysisConfig", "BUDGET_KEYS", "ExperimentConfig", "MethodConfig", "RunSpec", "StageSpec", "SweepAxis",
+           "TeacherConfig", "expand_runs", "load_experiment", "stage_run_config"]
