@@ -18,7 +18,7 @@ quickstart: install
 	$(VENV)/bin/uniapl train configs/quickstart.yaml $(ARGS)
 
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
