@@ -77,11 +77,11 @@ def evaluate(model, tokenizer, records: list[Record], *, eos_ids: list[int], pad
         verdicts = _verdicts(part, texts)
         c = _counts(verdicts)
         lengths = out.completion_mask.sum(-1)
-        c[:, 5] = lengths.double()
+        c[:, 5] = lengths.double().cpu()
         counts.append(c)
         responses.extend(texts)
         if return_details:
-            finished = torch.isin(out.completion_ids, eos).any(-1).tolist()
+            finished = torch.isin(out.completion_ids.cpu(), eos).any(-1).tolist()
             for j, (r, t, v) in enumerate(zip(part, texts, verdicts)):
                 details.append({
                     "index": rank + (s + j) * world, "key": r.key, "prompt": r.prompt_text(), "messages": r.messages(),

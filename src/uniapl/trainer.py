@@ -320,7 +320,7 @@ class Trainer:
         metrics["completions/mean_length"] = float(lengths.mean())
         metrics["completions/min_length"] = float(lengths.min())
         metrics["completions/max_length"] = float(lengths.max())
-        ended = torch.isin(batch.completion_ids, torch.tensor(self.eos_ids)).any(-1)
+        ended = torch.isin(batch.completion_ids.cpu(), torch.tensor(self.eos_ids)).any(-1)
         metrics["completions/clipped_ratio"] = float((~ended).float().mean())
         ids, attn = batch.sequences()
         cm = batch.completion_mask
@@ -429,7 +429,7 @@ class Trainer:
         elif job.kind == "kto":
             seq = sequence_logprobs(logp, cmask)
             lab = job.labels.to(seq.device)
-            terms["kto"], m = kto_loss(seq, job.ref_seq.to(seq.device), lab, kl=self._kto_z, beta=lc.kto.beta,
+            terms["kto"], m = kto_loss(seq, job.ref_seq.to(seq.device), lab, kl=self._kto_z.to(seq.device) if torch.is_tensor(self._kto_z) else self._kto_z, beta=lc.kto.beta,
                                        desirable_weight=lc.kto.desirable_weight,
                                        undesirable_weight=lc.kto.undesirable_weight, normalizer=norm)
             weigh(m, ("rewards/chosen",), float(lab.sum()))

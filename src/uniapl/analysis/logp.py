@@ -37,7 +37,7 @@ def sample_responses(model, tokenizer, records: list[Record], *, eos_ids: list[i
         b = sample(model, prompts, SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed + s),
                    eos_token_ids=eos_ids, pad_token_id=tokenizer.pad_token_id)
         texts = decode_completions(tokenizer, b.completion_ids, b.completion_mask, eos_ids)
-        finished = torch.isin(b.completion_ids, eos).any(-1).tolist()
+        finished = torch.isin(b.completion_ids.cpu(), eos).any(-1).tolist()
         lengths = b.completion_mask.sum(-1).tolist()
         for i, t, f, n in zip(part, texts, finished, lengths):
             out.append({"record": i, "response": t, "finished": bool(f), "length_tokens": int(n)})

@@ -257,9 +257,9 @@ def main():
     cfg = json.loads(sys.argv[1])
     slot = cfg["slot"]
     os.environ.update({"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
-    info = _isolate(cfg)
-    # After the uid drop the child can import only what an unprivileged user can read; the interpreter
-    # may live under /root. So the commonly used modules are loaded here, before any job.
+    # After the uid drop the child can import only what an unprivileged user can read (the interpreter
+    # may live under /root), and after isolation /tmp is a private tmpfs (a checkout or virtual
+    # environment under /tmp vanishes). So the commonly used modules are loaded first, before isolating.
     for name in cfg.get("preimport", []):
         try:
             __import__(name)
@@ -273,6 +273,7 @@ def main():
             detector_factory.init_factory()
         except Exception:
             pass
+    info = _isolate(cfg)
     out = sys.stdout
     out.write(json.dumps({"hello": info}) + "\n")
     out.flush()
