@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from uniapl.data.records import Record
 
@@ -86,11 +86,14 @@ def record_from_row(row: dict, where: str, field_map: dict[str, str] | None = No
     return Record(**values, source=where)
 
 
-def read_jsonl(path: str | Path, field_map: dict[str, str] | None = None, limit: int | None = None) -> list[Record]:
+def iter_jsonl(path: str | Path, error: type[Exception] = DataError) -> Iterator[tuple[str, dict]]:
+    """("file:line", object) for each non-blank line of a JSONL file; `error` names the line on bad input.
+
+    The one JSONL reader of the project (training data, responses to score, discriminator triples).
+    """
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"data file not found: {p}")
-    out = []
+        raise error(f"file not found: {p}")
     with p.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -99,10 +102,18 @@ def read_jsonl(path: str | Path, field_map: dict[str, str] | None = None, limit:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{where}: not valid JSON: {e.msg}") from e
-            out.append(record_from_row(row, where, field_map))
-            if limit is not None and len(out) >= limit:
-                break
+                raise error(f"{where}: not valid JSON: {e.msg}") from None
+            if not isinstance(row, dict):
+                raise error(f"{where}: expected a JSON object, got {type(row).__name__}")
+            yield where, row
+
+
+def read_jsonl(path: str | Path, field_map: dict[str, str] | None = None, limit: int | None = None) -> list[Record]:
+    out = []
+    for where, row in iter_jsonl(path):
+        out.append(record_from_row(row, where, field_map))
+        if limit is not None and len(out) >= limit:
+            break
     return out
 
 

@@ -61,24 +61,18 @@ def _field(rec: dict[str, Any], keys: tuple[str, ...], where: str, what: str) ->
 
 def read_triples(path: str, reference_mode: str) -> tuple[list[dict], list, list, list, list]:
     records, prompts, candidates, teachers, gts = [], [], [], [], []
-    with open(path, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_no}: not JSON ({e})") from None
-            where = f"{path}:{line_no}"
-            prompts.append(_field(rec, ("prompt",), where, "prompt"))
-            candidates.append(_field(rec, _CANDIDATE_KEYS, where, "candidate"))
-            if reference_mode == "teacher":
-                teachers.append(_field(rec, ("reference", "teacher"), where, "reference"))
-                gts.append(rec.get("ground_truth"))
-            else:
-                gts.append(_field(rec, ("ground_truth", "reference"), where, "ground_truth"))
-                teachers.append(_field(rec, ("teacher",), where, "teacher answer"))
-            records.append(rec)
+    from uniapl.data.loaders import iter_jsonl
+
+    for where, rec in iter_jsonl(path, error=ValueError):
+        prompts.append(_field(rec, ("prompt",), where, "prompt"))
+        candidates.append(_field(rec, _CANDIDATE_KEYS, where, "candidate"))
+        if reference_mode == "teacher":
+            teachers.append(_field(rec, ("reference", "teacher"), where, "reference"))
+            gts.append(rec.get("ground_truth"))
+        else:
+            gts.append(_field(rec, ("ground_truth", "reference"), where, "ground_truth"))
+            teachers.append(_field(rec, ("teacher",), where, "teacher answer"))
+        records.append(rec)
     return records, prompts, candidates, teachers, gts
 
 

@@ -25,16 +25,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from uniapl.data.loaders import DataError, iter_jsonl
 from uniapl.data.records import Record
 
 from .registry import validate_spec
-
-try:  # the project's data error (the CLI reports it cleanly); a ValueError either way
-    from uniapl.data.loaders import DataError
-except ImportError:  # pragma: no cover
-
-    class DataError(ValueError):
-        pass
 
 
 log = logging.getLogger(__name__)
@@ -47,18 +41,7 @@ Rows = Iterable[tuple[str, Mapping[str, Any]]]
 def _rows(data: str | Path | Iterable[Mapping[str, Any]], name: str = "data") -> Rows:
     """(where, row) pairs from a JSONL file or an iterable of mappings (e.g. a `datasets.Dataset`)."""
     if isinstance(data, (str, Path)):
-        path = Path(data)
-        with path.open(encoding="utf-8") as f:
-            for i, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{i}: not valid JSON ({e.msg})") from None
-                if not isinstance(row, dict):
-                    raise DataError(f"{path}:{i}: expected a JSON object")
-                yield f"{path}:{i}", row
+        yield from iter_jsonl(data, error=DataError)
     else:
         for i, row in enumerate(data):
             yield f"{name}[{i}]", dict(row)

@@ -37,21 +37,9 @@ class ScoreError(ValueError):
 
 def read_jsonl(path: str | Path) -> list[tuple[str, dict]]:
     """[(``"file:line"``, object)] of a JSONL file; blank lines skipped."""
-    out = []
-    path = Path(path)
-    with path.open(encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{i}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ScoreError(f"{where}: not valid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise ScoreError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-            out.append((where, obj))
-    return out
+    from uniapl.data.loaders import iter_jsonl
+
+    return list(iter_jsonl(path, error=ScoreError))
 
 
 def _hashable(key: Any) -> Any:
