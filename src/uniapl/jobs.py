@@ -51,6 +51,7 @@ class Job:
     ref_logprobs: torch.Tensor | None = None
     ref_seq: torch.Tensor | None = None  # dpo/kto: [rows] reference sequence log-probs
     labels: torch.Tensor | None = None  # kto: [rows] bool, True = desirable
+    sampler_logprobs: torch.Tensor | None = None  # pref: [rows, T] the engine's, when rollout correction is on
 
 
 @dataclass
@@ -97,6 +98,9 @@ class JobBuilder:
         self.step_idx = 0
         self.engine = build_engine(cfg.rollout.engine, model=policy_model(), eos_token_ids=eos_ids, pad_token_id=self.pad_id)
         self._ref_engine = None
+        isc = cfg.rollout.importance_sampling.correction
+        # the built-in engine's log-probs are the trainer's own (tests/core/test_logprobs_and_sampler.py)
+        self.importance_correction = (not getattr(self.engine, "logprobs_match_trainer", False)) if isc == "auto" else isc
         self.pairs = None
         if paradigm.offline_preference:
             self.pairs = PairBuilder(source=cfg.data.pairs.source, sample_fn=self._reference_samples,
@@ -313,10 +317,12 @@ class JobBuilder:
                 ref_lp = completion_logprobs(self.ref_model, ids, attn, cm.shape[1], temperature=temp)
             if lc.grpo.num_iterations > 1:
                 old_lp = completion_logprobs(self.policy_model(), ids, attn, cm.shape[1], temperature=temp)
+        sampler_lp = batch.logprobs if self.importance_correction and cfg.rollout.temperature > 0 else None
         return [Job("pref", ids[sl], attn[sl], cm[sl], temperature=temp, advantages=adv[sl],
                     coef=None if coef is None else coef[sl],
                     old_logprobs=None if old_lp is None else old_lp[sl],
-                    ref_logprobs=None if ref_lp is None else ref_lp[sl])
+                    ref_logprobs=None if ref_lp is None else ref_lp[sl],
+                    sampler_logprobs=None if sampler_lp is None else sampler_lp[sl])
                 for sl in micro_slices(ids.shape[0], cfg.train.gradient_accumulation_steps)]
 
     def _dpo_jobs(self, recs: list[Record], metrics: dict[str, float]) -> list[Job]:
