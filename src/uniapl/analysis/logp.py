@@ -5,6 +5,10 @@ Responses are sampled from the student on held-out prompts; each is scored as TE
 plus its EOS when the sample ended), so student and teacher may use different tokenizers.
 gap = log p_student(y | x) - log p_teacher(y | x): its mean over y ~ student estimates
 KL(student || teacher); a distribution narrow and near 0 means the student stays close to the teacher.
+
+Without a teacher model (e.g. a teacher known only by its published answers), the analogue goes the
+other way: the held-out teacher answers y_t scored under each student, log p_student(y_t | x) per token
+(`teacher_answer_logprobs`); higher = the student puts more mass on what the teacher wrote.
 """
 
 from __future__ import annotations
@@ -61,4 +65,21 @@ def text_logprobs(model, tokenizer, records: list[Record], texts: list[str], fin
         ids, attn = trim_padding(ids, attn, cmask.shape[1])
         lp = completion_logprobs(model, ids.to(device), attn.to(device), cmask.shape[1])
         out.extend(sequence_logprobs(lp, cmask.to(lp.device)).double().cpu().tolist())
+    return out
+
+
+@torch.no_grad()
+def teacher_answer_logprobs(model, tokenizer, records, *, eos_id: int | None = None, batch_size: int = 8,
+                            max_prompt_tokens: int = 0, enable_thinking: bool = False) -> list[dict]:
+    """Each record's teacher answer scored under `model`: key, logp (summed, nats), tokens (answer + EOS,
+    this model's tokenizer) and logp_per_token = logp / tokens. Records without a teacher answer are skipped."""
+    recs = [r for r in records if r.teacher]
+    eos_id = tokenizer.eos_token_id if eos_id is None else eos_id
+    texts = [r.teacher for r in recs]
+    lps = text_logprobs(model, tokenizer, recs, texts, [True] * len(recs), eos_id=eos_id, batch_size=batch_size,
+                        max_prompt_tokens=max_prompt_tokens, enable_thinking=enable_thinking)
+    out = []
+    for r, t, lp in zip(recs, texts, lps):
+        n = len(tokenizer(t, add_special_tokens=False)["input_ids"]) + 1
+        out.append({"key": r.key, "logp": lp, "tokens": n, "logp_per_token": lp / n})
     return out

@@ -4,6 +4,9 @@
                    over seeds), against the teacher's answers on the same prompts (and the teacher model's).
     logp_gap.png   Figure 4: kernel density of log p_student(y) - log p_teacher(y) over sampled responses,
                    one curve per method.
+    teacher_logp.png   Figure 4 analogue without a teacher model: kernel density of the per-token
+                   log-likelihood of the held-out teacher answers under each student (pooled over seeds),
+                   and under the starting model.
     curves.png     reward (training rollouts), held-out IF accuracy, KL to the reference and the
                    discriminator coefficient over optimizer steps (stages of a pipeline laid end to end),
                    per method, averaged over seeds.
@@ -96,6 +99,32 @@ def plot_logp_gap(path: Path, groups: list) -> list[str]:
     ax.set_xlabel("log p_student(y) - log p_teacher(y)   (nats, y ~ student, held-out prompts)")
     ax.set_ylabel("density")
     ax.set_title("Log-likelihood gap between each student and the teacher model (Figure 4)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path.name]
+
+
+def plot_teacher_logp(path: Path, groups: list, start: list[float] | None) -> list[str]:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    data = [(g.name, np.asarray([x for r in g.runs for x in r.teacher_logp], dtype=np.float64)) for g in groups]
+    if start:
+        data.append(("start", np.asarray(start, dtype=np.float64)))
+    data = [(n, x[np.isfinite(x)]) for n, x in data]
+    data = [(n, x) for n, x in data if x.size]
+    if data:
+        allx = np.concatenate([x for _, x in data])
+        lo, hi = np.percentile(allx, 0.5), np.percentile(allx, 99.5)
+        pad = 0.1 * (hi - lo + 1e-9)
+        grid = np.linspace(lo - pad, hi + pad, 400)
+        for (n, x), c in zip(data, _colors(len(data))):
+            style = dict(color="black", linestyle="--") if n == "start" else dict(color=c)
+            ax.plot(grid, gaussian_kde(x, grid), label=f"{n}: mean {x.mean():.2f}", **style)
+        ax.legend(fontsize=7)
+    ax.set_xlabel("log p_student(teacher answer | prompt) per token (nats), held-out prompts")
+    ax.set_ylabel("density")
+    ax.set_title("Held-out teacher answers under each student (Figure 4 analogue)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -14,7 +14,8 @@ paper's setting:
   (normal casing, a missing keyword, the forbidden word kept, commas, no end phrase ...). Its answer
   sits in ``Record.ground_truth``; SFT on it gives the starting student of the UniAPL stage.
 
-The eval split holds (topic, instruction combination) pairs that never occur in train or warm-up:
+The eval split holds (topic, instruction combination) pairs that never occur in train or warm-up
+(nor in ``validation``, present when ``n_validation > 0``: more held-out pairs, for choosing settings):
 every combination itself occurs in train (on other topics) whenever ``n_train`` is at least the
 number of combinations (54 for one or two instructions).
 
@@ -94,6 +95,8 @@ class SyntheticTaskConfig:
     seed: int = 0
     n_train: int = 2000  # UniAPL-stage prompts (ground truth + teacher)
     n_eval: int = 128  # held-out prompts, one per held-out (topic, combination) pair
+    # validation prompts (for tuning): held-out pairs of their own, in neither train, warm-up nor eval
+    n_validation: int = 0
     n_warmup: int = 4000  # weak-student SFT examples for the warm-up stage
     min_instructions: int = 1
     max_instructions: int = 2
@@ -357,11 +360,12 @@ def _record(split: str, index: int, topic: Topic, combo: tuple[str, ...], rng: R
 
 
 def generate_task(cfg: SyntheticTaskConfig) -> dict[str, list[Record]]:
-    """The task's splits: ``train``, ``eval`` (held-out topic x combination pairs) and ``warmup``.
+    """The task's splits: ``train``, ``eval`` (held-out topic x combination pairs), ``warmup`` and, when
+    ``n_validation > 0``, ``validation`` (held-out pairs disjoint from eval's).
 
     Deterministic for ``cfg`` (one `random.Random` stream per split, seeded from ``cfg.seed``).
     """
-    for name in ("n_train", "n_eval", "n_warmup"):
+    for name in ("n_train", "n_eval", "n_warmup", "n_validation"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
     for name in ("teacher_follow_prob", "student_follow_prob", "warmup_teacher_style_prob"):
@@ -373,8 +377,9 @@ def generate_task(cfg: SyntheticTaskConfig) -> dict[str, list[Record]]:
         by_size.setdefault(len(c), []).append(c)
     sizes = sorted(by_size)
     max_eval = len(combos) * (len(TOPICS) // 2)
-    if cfg.n_eval > max_eval:
-        raise ValueError(f"n_eval={cfg.n_eval} is too large: at most {max_eval} held-out (topic, combination) pairs")
+    if cfg.n_eval + cfg.n_validation > max_eval:
+        raise ValueError(f"n_eval + n_validation = {cfg.n_eval + cfg.n_validation} is too large: at most {max_eval} "
+                         f"held-out (topic, combination) pairs")
 
     def draw(rng: Random) -> tuple[Topic, tuple[str, ...]]:
         return rng.choice(TOPICS), rng.choice(by_size[rng.choice(sizes)])
@@ -383,7 +388,8 @@ def generate_task(cfg: SyntheticTaskConfig) -> dict[str, list[Record]]:
     held_out: list[tuple[Topic, tuple[str, ...]]] = []
     seen: set[tuple[str, tuple[str, ...]]] = set()
     per_combo: dict[tuple[str, ...], int] = {}
-    while len(held_out) < cfg.n_eval:
+    # eval's pairs first, then validation's from the same stream: with n_validation = 0 the task is what it was
+    while len(held_out) < cfg.n_eval + cfg.n_validation:
         topic, combo = draw(rng)
         # at most half the topics of a combination are held out: the rest stay for training
         if (topic.name, combo) not in seen and per_combo.get(combo, 0) < len(TOPICS) // 2:
@@ -392,7 +398,10 @@ def generate_task(cfg: SyntheticTaskConfig) -> dict[str, list[Record]]:
             held_out.append((topic, combo))
 
     out: dict[str, list[Record]] = {}
-    for split, n in (("train", cfg.n_train), ("eval", cfg.n_eval), ("warmup", cfg.n_warmup)):
+    splits = [("train", cfg.n_train), ("eval", cfg.n_eval), ("warmup", cfg.n_warmup)]
+    if cfg.n_validation:
+        splits.append(("validation", cfg.n_validation))
+    for split, n in splits:
         rng = Random(f"uniapl-synthetic:{cfg.seed}:{split}")
         records = []
         cover = list(combos) if split == "train" else []  # every combination occurs in train
@@ -400,6 +409,8 @@ def generate_task(cfg: SyntheticTaskConfig) -> dict[str, list[Record]]:
         for i in range(n):
             if split == "eval":
                 topic, combo = held_out[i]
+            elif split == "validation":
+                topic, combo = held_out[cfg.n_eval + i]
             else:
                 topic, combo = draw(rng)
                 if i < len(cover):
@@ -417,7 +428,7 @@ def task_corpus(cfg: SyntheticTaskConfig, task: dict[str, list[Record]] | None =
     Pass an already generated `task` to skip generating it again.
     """
     task = generate_task(cfg) if task is None else task
-    for split in ("train", "eval", "warmup"):
+    for split in ("train", "eval", "warmup", "validation"):
         for r in task.get(split, []):
             yield r.prompt_text()
             for text in (r.ground_truth, r.teacher):

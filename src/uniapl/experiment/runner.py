@@ -2,12 +2,20 @@
 
 Output directory:
     experiment.yaml            the resolved experiment config
+    split.json, prep/data/     with `split`: the train / validation / eval keys and files
     prep/warmup/               the shared warm-up run (every run and the teacher start from its final weights)
+    prep/start/                without a warm-up: the starting model's evaluation (no training)
     prep/teacher/              the teacher model, when built (Figure 4's teacher)
+    tune/<method>/<point>/seed-<s>/   with `tune`: one run per grid point, evaluated on the validation split
+    tuning.json                each tuned method's grid, scores and chosen values
     runs/<run>/seed-<s>/       one `uniapl train` output dir per (method, sweep point, seed): run.yaml,
-                               summary.json, metrics.jsonl, eval_responses.jsonl, logp_samples.jsonl
+                               summary.json, metrics.jsonl, eval_responses.jsonl, logp_samples.jsonl,
+                               teacher_logp.jsonl
+    responses/<run>/seed-<s>.jsonl   each run's final evaluation responses, re-scorable with `uniapl ifeval score`
     table.md, table.csv        one row per method (and sweep point): mean and 95% CI over seeds
-    lengths.png, logp_gap.png, curves.png
+    runs.csv                   one row per run: method, seed, swept/tuned keys, the four metrics, responses
+    comparisons.md, comparisons.csv   paired-by-seed differences (`compare`), 95% intervals, detectable effect
+    lengths.png, logp_gap.png, teacher_logp.png, curves.png
 An interrupted experiment resumes: finished runs (summary.json) are skipped, an interrupted one resumes
 from its last checkpoint, and a run whose config changed since it finished is an error (not silently reused).
 """
@@ -16,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -30,7 +39,7 @@ import yaml
 
 from uniapl.config_schema import ConfigError, to_dict
 from uniapl.experiment.config import ExperimentConfig, RunSpec, expand_runs, stage_run_config
-from uniapl.experiment.worker import SAMPLES, SUMMARY
+from uniapl.experiment.worker import SAMPLES, SUMMARY, TEACHER_LOGP
 
 log = logging.getLogger("uniapl.experiment")
 
@@ -139,19 +148,89 @@ def _execute(tasks: list[_Task], jobs: int, threads: int) -> list[str]:
     return failed
 
 
+def _analysis_spec(exp: ExperimentConfig, cfg: dict[str, Any], teacher: str | None, seed: int) -> dict[str, Any]:
+    a = exp.analysis
+    max_new = a.max_new_tokens or cfg.get("eval", {}).get("max_new_tokens", 64)
+    return {"teacher": teacher, "num_samples": a.num_samples, "temperature": a.temperature, "max_new_tokens": max_new,
+            "seed": 10_007 + seed, "teacher_logp": a.teacher_logp}
+
+
+def _needs_analysis(d: Path, spec: dict[str, Any]) -> bool:
+    if not (d / SUMMARY).is_file():
+        return False
+    return bool((spec["teacher"] and not (d / SAMPLES).is_file()) or (spec["teacher_logp"] and not (d / TEACHER_LOGP).is_file()))
+
+
+def _prepare_split(exp: ExperimentConfig, base: dict[str, Any], out: Path) -> dict[str, Any]:
+    """With `split`: write the split and point the runs' data at its files (train, eval; tune.eval at validation)."""
+    from uniapl.config_schema import deep_merge
+    from uniapl.experiment.split import write_split
+
+    if exp.split is None:
+        return base
+    files = write_split(exp.split, out)
+    base = deep_merge(base, {"data": {"train": {"path": str(files["train"])}, "eval": {"path": str(files["eval"])}}})
+    if exp.tune is not None:
+        if not exp.split.validation:
+            raise ConfigError("tune: the split has no validation prompts to tune on (set split.validation)")
+        exp.tune.eval = {"path": str(files["validation"])}
+    return base
+
+
+def choose_tuned(exp: ExperimentConfig, tune_runs: list[RunSpec]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """({method: chosen values}, the tuning record): per method the grid point of highest mean metric over
+    the tuning seeds (ties: the first in grid order). A method with an unfinished point is not chosen."""
+    from uniapl.analysis.stats import mean_ci95
+
+    metric = exp.tune.metric if exp.tune else "prompt_level_strict_acc"
+    by_method: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in tune_runs:
+        pts = by_method.setdefault(r.method, {})
+        entry = pts.setdefault(r.run_id, {"values": r.sweep, "scores": {}, "missing": []})
+        f = Path(r.config["output_dir"]) / SUMMARY
+        if f.is_file():
+            entry["scores"][str(r.seed)] = json.loads(f.read_text())["eval"]["after"].get(metric)
+        else:
+            entry["missing"].append(r.seed)
+    chosen: dict[str, dict[str, Any]] = {}
+    record: dict[str, Any] = {"metric": metric, "split": exp.tune.eval if exp.tune else None,
+                              "seeds": exp.tune.seeds if exp.tune else [], "methods": {}}
+    for name, pts in by_method.items():
+        rows = []
+        for run_id, e in pts.items():
+            mean, ci = mean_ci95([v for v in e["scores"].values() if v is not None])
+            rows.append({"point": run_id.split("/", 1)[1], "values": e["values"], "scores": e["scores"],
+                         "mean": None if math.isnan(mean) else mean, "ci95": None if math.isnan(ci) else ci,
+                         "missing_seeds": e["missing"]})
+        complete = all(not r["missing_seeds"] for r in rows)
+        best = None
+        if complete:
+            for r in rows:
+                if r["mean"] is not None and (best is None or r["mean"] > best["mean"]):
+                    best = r
+        record["methods"][name] = {"grid": rows, "chosen": best["values"] if best else None,
+                                   "chosen_mean": best["mean"] if best else None}
+        if best is not None:
+            chosen[name] = dict(best["values"])
+    return chosen, record
+
+
 def run_experiment(exp: ExperimentConfig, base: dict[str, Any]) -> dict[str, Any]:
-    """Train (or skip) every run of the matrix, analyse them, write the table and the figures."""
+    """Tune, train (or skip) every run of the matrix, analyse them, write the tables and the figures."""
     from uniapl.analysis.report import write_report
+    from uniapl.experiment.config import expand_tuning_runs, tune_grid
 
     t0 = time.time()
     out = Path(exp.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    base = _prepare_split(exp, base, out)
     (out / "experiment.yaml").write_text(yaml.safe_dump(to_dict(exp), sort_keys=False, allow_unicode=True))
     failed: list[str] = []
 
-    # 1. the shared warm-up: one run, every core
+    # 1. the shared warm-up: one run, every core; without one, the starting model's evaluation
     init_from = None
     warm_dir = None
+    start_dir = None
     if exp.warmup is not None:
         warm_dir = out / "prep" / "warmup"
         cfg = stage_run_config(base, exp.warmup, output_dir=str(warm_dir), init_from=None)
@@ -161,8 +240,15 @@ def run_experiment(exp: ExperimentConfig, base: dict[str, Any]) -> dict[str, Any
             if failed:
                 raise RuntimeError(f"the warm-up failed; see {warm_dir}")
         init_from = str(warm_dir / "final")
+        start_dir = warm_dir
+    else:
+        start_dir = out / "prep" / "start"
+        cfg = dict(base, output_dir=str(start_dir), resume=True, stages=[], algorithm=base.get("algorithm", "sft"))
+        cfg = _eval_settings(cfg, before=False, every=0)
+        if not _write_run(start_dir, cfg):
+            failed += _execute([_Task("start", "evaluate", start_dir)], 1, exp.threads_per_job)
 
-    # 2. the teacher model (if built) and every run of the matrix
+    # 2. the teacher model (if built) and the tuning runs
     tasks: list[_Task] = []
     teacher = exp.teacher.model
     teacher_dir = None
@@ -172,43 +258,101 @@ def run_experiment(exp: ExperimentConfig, base: dict[str, Any]) -> dict[str, Any
         if not _write_run(teacher_dir, _eval_settings(cfg, before=False, every=0)):
             tasks.append(_Task("teacher", "train", teacher_dir))
         teacher = str(teacher_dir / "final")
-    runs = expand_runs(exp, base, runs_dir=out / "runs", init_from=init_from)
+    tune_runs = expand_tuning_runs(exp, base, tune_dir=out / "tune", init_from=init_from)
+    for r in tune_runs:
+        r.config = _eval_settings(r.config, before=False, every=0, save=False)
+        if not _write_run(Path(r.config["output_dir"]), r.config):
+            tasks.append(_Task(f"tune {r.run_id} seed {r.seed}", "train", Path(r.config["output_dir"])))
+    if tune_runs:
+        log.info("experiment %s: %d tuning runs, %d to train", exp.name, len(tune_runs),
+                 sum(t.name.startswith("tune ") for t in tasks))
+    failed += _execute(tasks, exp.jobs, exp.threads_per_job)
+    chosen, tuning = choose_tuned(exp, tune_runs)
+    if tune_runs:
+        _atomic_text(out / "tuning.json", json.dumps(tuning, indent=2, allow_nan=False) + "\n")
+    for n, m in exp.methods.items():
+        if m.tune_from is not None and m.tune_from in chosen:
+            chosen[n] = dict(chosen[m.tune_from])
+    untuned = [n for n in (exp.select or list(exp.methods))
+               if (tune_grid(exp, n) or (exp.tune is not None and exp.methods[n].tune_from)) and n not in chosen]
+    for n in untuned:
+        failed.append(f"tune {n} (a tuning run did not finish: its main runs are left out)")
+
+    # 3. every run of the matrix, at the tuned values
+    names = [n for n in (exp.select or list(exp.methods)) if n not in untuned]
+    runs = expand_runs(exp, base, runs_dir=out / "runs", init_from=init_from, tuned=chosen) if names else []
+    runs = [r for r in runs if r.method in names]
+    tasks = []
     for r in runs:
         r.config = _eval_settings(r.config, before=False)
         if not _write_run(Path(r.config["output_dir"]), r.config):
             tasks.append(_Task(f"{r.run_id} seed {r.seed}", "train", Path(r.config["output_dir"])))
-    skipped = len(runs) - sum(t.name != "teacher" for t in tasks)
+    skipped = len(runs) - len(tasks)
     log.info("experiment %s: %d runs (%d finished earlier, skipped), %d to train", exp.name, len(runs), skipped,
-             len(runs) - skipped)
+             len(tasks))
     failed += _execute(tasks, exp.jobs, exp.threads_per_job)
 
-    # 3. Figure 4's samples: each finished run under itself and the teacher
+    # 4. Figure 4's samples (each run under itself and the teacher) and the teacher answers under each model
     tasks = []
-    if teacher is not None and (teacher_dir is None or (teacher_dir / SUMMARY).is_file()):
-        for r in runs:
-            d = Path(r.config["output_dir"])
-            if (d / SUMMARY).is_file() and not (d / SAMPLES).is_file():
-                a = exp.analysis
-                max_new = a.max_new_tokens or r.config.get("eval", {}).get("max_new_tokens", 64)
-                (d / "analysis.json").write_text(json.dumps({"teacher": teacher, "num_samples": a.num_samples,
-                                                             "temperature": a.temperature, "max_new_tokens": max_new,
-                                                             "seed": 10_007 + r.seed}))
-                tasks.append(_Task(f"{r.run_id} seed {r.seed}", "analyze", d))
+    teacher_ready = teacher is not None and (teacher_dir is None or (teacher_dir / SUMMARY).is_file())
+    targets = [(f"{r.run_id} seed {r.seed}", Path(r.config["output_dir"]), r.config, r.seed) for r in runs]
+    if start_dir is not None and exp.analysis.teacher_logp:
+        cfg_start = yaml.safe_load((start_dir / "run.yaml").read_text())
+        targets.append(("start", start_dir, cfg_start, 0))
+    for name, d, cfg, seed in targets:
+        spec = _analysis_spec(exp, cfg, teacher if (teacher_ready and name != "start") else None, seed)
+        if _needs_analysis(d, spec):
+            _atomic_text(d / "analysis.json", json.dumps(spec))
+            tasks.append(_Task(name, "analyze", d))
     failed += _execute(tasks, exp.jobs, exp.threads_per_job)
 
-    # 4. the table and the figures, from whatever finished
-    report = write_report(exp, runs, out, warmup_dir=warm_dir, teacher_dir=teacher_dir)
-    report.update(wall_seconds=round(time.time() - t0, 1), failed=failed, runs=len(runs), skipped=skipped)
-    (out / "experiment_summary.json").write_text(json.dumps(report, indent=2, allow_nan=False))
+    # 5. the tables and the figures, from whatever finished
+    report = write_report(exp, runs, out, warmup_dir=start_dir, teacher_dir=teacher_dir, tuning=tuning)
+    report.update(wall_seconds=round(time.time() - t0, 1), failed=failed, runs=len(runs), skipped=skipped,
+                  tuning_runs=len(tune_runs))
+    _atomic_text(out / "experiment_summary.json", json.dumps(report, indent=2, allow_nan=False))
+    if exp.results_dir:
+        report["results_dir"] = publish(out, Path(exp.results_dir), report["files"])
     return report
 
 
-def _eval_settings(cfg: dict[str, Any], *, before: bool, every: int | None = None) -> dict[str, Any]:
+def publish(out: Path, dest: Path, files: list[str]) -> str:
+    """Copy the report's files (tables, figures, responses/, tuning.json, split.json, experiment.yaml) to
+    `dest`; a README there (written by people) is never touched."""
+    dest.mkdir(parents=True, exist_ok=True)
+    extra = [f for f in ("experiment.yaml", "tuning.json", "split.json", "experiment_summary.json") if (out / f).is_file()]
+    for name in [*files, *extra]:
+        src = out / name
+        if name == "README.md" or not src.exists():
+            continue
+        if src.is_dir():
+            target = dest / name
+            tmp = dest / (name + ".tmp")
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            shutil.copytree(src, tmp)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        else:
+            tmp = dest / (name + ".tmp")
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dest / name)
+    return str(dest)
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _eval_settings(cfg: dict[str, Any], *, before: bool, every: int | None = None, save: bool = True) -> dict[str, Any]:
     """Runs save their responses; the starting model is evaluated once (the warm-up's final eval), not per run;
-    the warm-up and the teacher build skip the evaluations during training (every=0)."""
+    the warm-up, the teacher build and tuning runs skip the evaluations during training (every=0)."""
     cfg = dict(cfg)
     ev = dict(cfg.get("eval") or {})
-    ev.update(before=before, save_responses=True)
+    ev.update(before=before, save_responses=save)
     if every is not None:
         ev["every"] = every
     cfg["eval"] = ev
