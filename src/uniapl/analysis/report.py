@@ -256,7 +256,9 @@ def write_tuning_md(out: Path, tuning: dict[str, Any]) -> list[str]:
     """tuning.md: each tuned method's grid with its validation score; the chosen point in bold."""
     if not tuning or not tuning.get("methods"):
         return []
-    lines = [f"**Tuning** on the validation split ({tuning['split']}), metric {tuning['metric']}, mean over "
+    split = tuning.get("split")
+    split = split.get("path", split) if isinstance(split, dict) else split
+    lines = [f"**Tuning** on the validation split ({split}), metric {tuning['metric']}, mean over "
              f"tuning seeds {tuning['seeds']}; the chosen point (highest mean, ties: first) in bold.", "",
              "| method | point | mean | per seed |", "|---|---|---|---|"]
     for name, m in tuning["methods"].items():
