@@ -343,7 +343,8 @@ def write_report(exp, runs, out: Path, *, warmup_dir: Path | None, teacher_dir: 
         files += write_comparisons(out, rows, primary=primary, power=a.power, resamples=a.bootstrap)
     files += write_tuning_md(out, tuning or {})
     files += plots.plot_lengths(out / "lengths.png", finished, t_lengths, teacher_model.lengths if teacher_model else None)
-    files += plots.plot_logp_gap(out / "logp_gap.png", finished)
+    if teacher_dir is not None or getattr(exp.teacher, "model", None):  # Figure 4 needs a teacher model
+        files += plots.plot_logp_gap(out / "logp_gap.png", finished)
     if any(r.teacher_logp for g in finished for r in g.runs):
         files += plots.plot_teacher_logp(out / "teacher_logp.png", finished, start.teacher_logp if start else None)
     start_acc = start.eval.get("prompt_level_strict_acc") if start else None
