@@ -113,6 +113,15 @@ class TrainConfig:
     keep_checkpoints: int = 2
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
 
+    def __post_init__(self) -> None:
+        bad = [(k, ">= 0") for k in ("steps", "save_every", "keep_checkpoints", "log_every") if getattr(self, k) < 0]
+        bad += [(k, ">= 1") for k in ("sft_batch_size", "pref_batch_size", "gradient_accumulation_steps") if getattr(self, k) < 1]
+        bad += [("learning_rate", "> 0")] if not self.learning_rate > 0 else []
+        bad += [("warmup_ratio", "in [0, 1]")] if not 0.0 <= self.warmup_ratio <= 1.0 else []
+        if bad:
+            k, rule = bad[0]
+            raise ValueError(f"key 'train.{k}' must be {rule}, got {getattr(self, k)}")
+
 
 @dataclass
 class RolloutConfig:
@@ -222,7 +231,8 @@ class Config:
     algorithm: str = "unified"
     seed: int = 0
     output_dir: str = "runs/default"
-    resume: bool = False
+    resume: bool = False  # continue the run in output_dir from its last checkpoint
+    overwrite: bool = False  # replace the results of an earlier run in output_dir (else such a dir is refused)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -239,6 +249,8 @@ class Config:
 
         if self.algorithm not in ALGORITHMS:
             raise ConfigError(f"key 'algorithm': unknown algorithm {self.algorithm!r}; allowed: {', '.join(ALGORITHMS)}")
+        if self.resume and self.overwrite:
+            raise ConfigError("keys 'resume' and 'overwrite': choose one (resume continues the run, overwrite replaces it)")
 
 
 def _line_map(text: str) -> dict[str, int]:

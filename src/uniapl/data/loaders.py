@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from uniapl.data.records import Record
+from uniapl.errors import UserError
 
 # record field -> column names accepted for it, first match wins
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -26,7 +27,7 @@ ALIASES: dict[str, tuple[str, ...]] = {
 }
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A data record is malformed or lacks what the algorithm needs; the message names file and line."""
 
 

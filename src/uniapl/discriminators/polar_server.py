@@ -27,6 +27,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from uniapl.errors import UserError
+
 from .config import DiscriminatorConfig, ServerConfig
 from .polar import PolarEncoder, load_tokenizer
 from .registry import register_discriminator
@@ -37,7 +39,7 @@ log = logging.getLogger(__name__)
 _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
 
-class PolarServerError(RuntimeError):
+class PolarServerError(UserError, RuntimeError):
     """The POLAR server could not be reached or kept failing."""
 
 

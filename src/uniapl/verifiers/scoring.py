@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from uniapl.errors import UserError
+
 from .verify import Verdict, category_accuracies, ifeval_metrics, verify
 
 __all__ = [
@@ -31,7 +33,7 @@ __all__ = [
 IFEVAL_HUB_ID = "google/IFEval"
 
 
-class ScoreError(ValueError):
+class ScoreError(UserError, ValueError):
     """A record that cannot be scored (bad JSON, no response, no spec, bad spec); names the record."""
 
 

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .registry import checks_loose, get_checker, normalize_kwargs, takes_prompt, validate_spec
+from .registry import SpecError, checks_loose, get_checker, normalize_kwargs, takes_prompt, validate_spec
 
 __all__ = [
     "Verdict",
@@ -117,7 +117,7 @@ def verify(
     if any(takes_prompt(i) for i in ids):
         for iid, kw in zip(ids, kwargs_list):
             if iid == "combination:repeat_prompt" and not normalize_kwargs(kw).get("prompt_to_repeat") and prompt is None:
-                raise ValueError(f"{where + ': ' if where else ''}combination:repeat_prompt needs prompt_to_repeat or a prompt")
+                raise SpecError(f"{where + ': ' if where else ''}combination:repeat_prompt needs prompt_to_repeat or a prompt")
 
     strict: list[bool] = []
     loose: list[bool] = []
