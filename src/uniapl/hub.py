@@ -73,24 +73,25 @@ def looks_like_path(name: str) -> bool:
 def check_source(name: str, key: str, *, kind: str = "model", revision: str | None = None) -> None:
     """Raise ConfigError naming `key` unless `name` is loadable: an existing local model/dataset, or a hub
     id that is cached or whose hub is reachable. Says how to fix it."""
+    what = key if " " in key else f"key '{key}'"  # a config key, or a phrase naming a CLI argument
     p = Path(name).expanduser()
     if p.exists():
         if kind == "model" and p.is_dir() and not (p / "config.json").is_file() and not list(p.glob("*.gguf")):
-            raise ConfigError(f"key '{key}': {name} is a directory but holds no model (no config.json)")
+            raise ConfigError(f"{what}: {name} is a directory but holds no model (no config.json)")
         return
     if looks_like_path(name):
-        raise ConfigError(f"key '{key}': {kind} path {name} does not exist")
+        raise ConfigError(f"{what}: {kind} path {name} does not exist")
     repo_type = "model" if kind == "model" else "dataset"
     if _cached(name, revision, repo_type):
         return
     fix = (f"download it where the hub is reachable (huggingface-cli download {'--repo-type dataset ' if kind != 'model' else ''}"
            f"{name}) into the cache (HF_HOME), or give a local path")
     if is_offline():
-        raise ConfigError(f"key '{key}': {name} is not a local path and not in the Hugging Face cache, and "
+        raise ConfigError(f"{what}: {name} is not a local path and not in the Hugging Face cache, and "
                           f"HF_HUB_OFFLINE is set; {fix}")
     ok, why = hub_reachable()
     if not ok:
-        raise ConfigError(f"key '{key}': {name} is not a local path, not in the Hugging Face cache, and the hub "
+        raise ConfigError(f"{what}: {name} is not a local path, not in the Hugging Face cache, and the hub "
                           f"({_endpoint()}) cannot be reached ({why}); {fix}")
 
 

