@@ -178,7 +178,7 @@ def _truncate_metrics(path: Path, stage: str, last_step: int) -> None:
         atomic_write_jsonl(path, keep)
 
 
-def _write_final(stage_dir: Path, model, tok) -> Path:
+def _write_final(stage_dir: Path, model, tok, stage: str = "") -> Path:
     """The stage's final model: written into final.tmp/, fsync'ed, then swapped in for final/ (an earlier
     final/ is moved aside first, so there is always a complete one or none, never half of one)."""
     final_dir, tmp, old = stage_dir / "final", stage_dir / "final.tmp", stage_dir / "final.old"
@@ -191,7 +191,7 @@ def _write_final(stage_dir: Path, model, tok) -> Path:
         if f.is_file():
             fsync_file(f)
     fsync_dir(tmp)
-    fault_point("final.written")
+    fault_point("final.written", stage)
     if final_dir.exists():
         os.replace(final_dir, old)
     os.replace(tmp, final_dir)
@@ -268,7 +268,7 @@ def run_stage(cfg: Config, name: str, acc: Accelerator, stage_dir: Path, init_fr
     after = _evaluate(cfg, acc, model, tok, ev, eos,
                       responses_path=stage_dir / "eval_responses.jsonl" if cfg.eval.save_responses else None)
     if acc.is_main_process:
-        _write_final(stage_dir, model, tok)
+        _write_final(stage_dir, model, tok, name)
     entry = {
         "name": name,
         "algorithm": cfg.algorithm,
