@@ -193,6 +193,29 @@ class RewardConfig:
 
 
 @dataclass
+class GeneralEvalConfig:
+    """lm-evaluation-harness tasks on the final model (`uniapl eval general`); off while `tasks` is empty.
+
+    The metrics land in the final stage's eval.after (and summary.json's) as general/<task>/<metric>.
+    """
+
+    tasks: list[str] = field(default_factory=list)  # lm-eval task/group names, e.g. [mmlu, gsm8k]
+    include_path: Optional[str] = None  # folder of extra YAML tasks (e.g. configs/lm_eval_tasks)
+    limit: Optional[int] = None  # documents per task
+    batch_size: int = 8
+    num_fewshot: Optional[int] = None
+    apply_chat_template: bool = False
+    builtin_tasks: bool = True  # False: only tasks under include_path (skips indexing lm-eval's own)
+    confirm_run_unsafe_code: bool = False  # humaneval / mbpp run model-written code, unsandboxed
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"key 'eval.general.limit' must be >= 1, got {self.limit}")
+        if self.batch_size < 1:
+            raise ValueError(f"key 'eval.general.batch_size' must be >= 1, got {self.batch_size}")
+
+
+@dataclass
 class EvalConfig:
     enabled: bool = True
     max_new_tokens: int = 64
@@ -201,6 +224,7 @@ class EvalConfig:
     every: int = 0  # evaluate every N steps during training (0: only before/after)
     before: bool = True  # evaluate the starting model too (eval.before in summary.json)
     save_responses: bool = True  # write the final evaluation's responses to eval_responses.jsonl
+    general: GeneralEvalConfig = field(default_factory=GeneralEvalConfig)
 
 
 @dataclass
