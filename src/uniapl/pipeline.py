@@ -213,6 +213,7 @@ def run_training(cfg: Config, on_stage_end=None) -> dict[str, Any]:
     model of each stage before its final evaluation.
     """
     t0 = time.time()
+    _check_general(stage_configs(cfg)[-1][1])
     out = Path(cfg.output_dir)
     acc = Accelerator(mixed_precision=cfg.train.mixed_precision, log_with=cfg.logging.report_to or None,
                       project_dir=str(out), cpu=not _has_accelerator())
@@ -268,6 +269,21 @@ def run_training(cfg: Config, on_stage_end=None) -> dict[str, Any]:
     if cfg.logging.report_to:
         acc.end_training()
     return summary
+
+
+def _check_general(cfg: Config) -> None:
+    """eval.general mistakes that need no model: found before training, not after it."""
+    g = cfg.eval.general
+    if not g.tasks:
+        return
+    from uniapl.config_schema import ConfigError
+
+    if g.include_path is not None and not Path(g.include_path).is_dir():
+        raise ConfigError(f"key 'eval.general.include_path': folder not found: {g.include_path}")
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError:
+        raise ConfigError("key 'eval.general.tasks': lm-eval is not installed (pip install 'uniapl[eval]')") from None
 
 
 def _general_eval(cfg: Config, entry: dict[str, Any], acc: Accelerator, stage_dir: Path) -> None:

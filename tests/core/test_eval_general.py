@@ -209,3 +209,11 @@ def test_report_carries_general_columns(tmp_path):
     assert float(rows[0]["general/mmlu/acc_mean"]) == pytest.approx(0.5)
     runs = list(csv.DictReader((tmp_path / "runs.csv").open()))
     assert [float(r["general/mmlu/acc"]) for r in runs] == [0.25, 0.75]
+
+
+def test_eval_general_include_path_checked_before_training(tiny_overrides, tmp_path, capsys):
+    assert main(["train", str(REPO / "configs/quickstart.yaml"), *tiny_overrides, "stages=[]",
+                 "eval.general.tasks=[x]", f"eval.general.include_path={tmp_path / 'nope'}"]) == 2
+    err = capsys.readouterr().err
+    assert "eval.general.include_path" in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "summary.json").exists()
