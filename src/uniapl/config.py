@@ -108,6 +108,9 @@ class TrainConfig:
     sft_batch_size: int = 8  # SFT-slice prompts per optimizer step (per process)
     pref_batch_size: int = 8  # preference-slice prompts per optimizer step (per process)
     gradient_accumulation_steps: int = 1  # micro-batches each slice is split into
+    # sort a slice's rows by length before splitting it into micro-batches, so that each micro-batch pads
+    # only to its own longest row (HF Trainer's name); the gradient is the same, the padding FLOPs are not
+    group_by_length: bool = False
     log_every: int = 1
     save_every: int = 0  # 0: only the final checkpoint
     keep_checkpoints: int = 2
