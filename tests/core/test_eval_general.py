@@ -117,7 +117,8 @@ def test_run_dir_checkpoint_and_adapter_resolution(tiny_model, tmp_path):
     (lora / "tokenizer.json").write_text("{}")
     assert resolve_model(str(lora))["tokenizer"] == str(lora)
     assert resolve_model("Qwen/Qwen2.5-0.5B-Instruct") == {"pretrained": "Qwen/Qwen2.5-0.5B-Instruct"}
-    for bad in (str(tmp_path / "missing"), str(tmp_path)):
+    assert resolve_model("gpt2") == {"pretrained": "gpt2"}
+    for bad in (str(tmp_path / "missing"), str(tmp_path), "runs/x/final"):
         with pytest.raises(GeneralEvalError):
             resolve_model(bad)
 
@@ -140,6 +141,10 @@ def test_user_errors_exit_2_with_one_message(tiny_model, tasks_and_expected, tmp
     assert main(["eval", "general", str(tmp_path / "nope"), "--tasks", "tiny_mc", "--include-path", str(tasks),
                  "--output", out]) == 2
     assert "model not found" in capsys.readouterr().err
+    assert main(["eval", "general", "no-such-org/no-such-model", "--tasks", "tiny_mc", "--include-path", str(tasks),
+                 "--output", out]) == 2  # a hub id that is not there (offline): one message
+    err = capsys.readouterr().err
+    assert "uniapl eval general: error: OSError" in err and "Traceback" not in err
     assert main(["eval", "general", str(tiny_model), "--tasks", "tiny_mc", "--include-path", str(tmp_path / "x"),
                  "--output", out]) == 2
     assert "include path not found" in capsys.readouterr().err
