@@ -31,8 +31,8 @@ from uniapl.config import Config
 from uniapl.data.records import Record
 from uniapl.jobs import JOB_KINDS, Job, JobBuilder, StepJobs, timed
 from uniapl.logprobs import PolicyLogprobs
-from uniapl.losses import (adversarial_loss, chord_sft_loss, dpo_loss, grpo_loss, kto_loss, sequence_logprobs,
-                           unified_objective)
+from uniapl.losses import (adversarial_loss, chord_sft_loss, dpo_loss, grpo_loss, kto_loss, rollout_importance_weights,
+                           sequence_logprobs, unified_objective)
 
 
 class Trainer:
@@ -94,8 +94,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ the update
     def _job_terms(self, job: Job, logp: torch.Tensor, cmask: torch.Tensor, norm: float,
-                   acc_metrics: dict[str, list[float]], kto_z: torch.Tensor | float = 0.0) -> dict[str, torch.Tensor]:
-        """The loss terms of one micro-batch (one slice), already aggregated with the step's normaliser."""
+                   acc_metrics: dict[str, list[float]], kto_z: torch.Tensor | float = 0.0,
+                   extremes: dict[str, float] | None = None) -> dict[str, torch.Tensor]:
+        """The loss terms of one micro-batch (one slice), already aggregated with the step's normaliser.
+        `acc_metrics` accumulates weighted means, `extremes` the */max and */min metrics."""
+        extremes = {} if extremes is None else extremes
         lc, gc, p = self.cfg.loss, self.cfg.loss.grpo, self.paradigm
         agg = gc.aggregation
         terms: dict[str, torch.Tensor] = {}
@@ -117,10 +120,20 @@ class Trainer:
             terms[name], _ = adversarial_loss(logp, cmask, job.coef.to(logp.device), aggregation=agg, normalizer=norm)
         elif job.kind == "pref":
             old = job.old_logprobs.to(logp.device) if job.old_logprobs is not None else logp.detach()
+            is_w = None
+            if job.sampler_logprobs is not None:  # rollout correction: the trainer's log-probs at sampling time
+                isc = self.cfg.rollout.importance_sampling
+                is_w, im = rollout_importance_weights(old, job.sampler_logprobs, cmask, mode=isc.mode,
+                                                      clip_min=isc.clip_min, clip_max=isc.clip_max)
+                weigh(im, tuple(k for k in im if k.endswith("/mean")), n_tok)
+                for k, v in im.items():
+                    if not k.endswith("/mean"):
+                        extremes[k] = v if k not in extremes else (max if k.endswith("/max") else min)(extremes[k], v)
             terms["grpo"], m = grpo_loss(
                 logp, old, job.advantages.to(logp.device), cmask,
                 ref_logprobs=None if job.ref_logprobs is None else job.ref_logprobs.to(logp.device),
-                beta=gc.beta, eps_low=gc.eps_low, eps_high=gc.eps_high, aggregation=agg, normalizer=norm)
+                beta=gc.beta, eps_low=gc.eps_low, eps_high=gc.eps_high, aggregation=agg, normalizer=norm,
+                importance_weights=is_w)
             weigh(m, ("kl", "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean"), n_tok)
             if job.coef is not None:
                 terms["pref_adv"], _ = adversarial_loss(logp, cmask, job.coef.to(logp.device), aggregation=agg,
@@ -158,11 +171,13 @@ class Trainer:
         norms = {k: self._normalizer([j for j in jobs if j.kind == k], k) for k in JOB_KINDS}
         totals: dict[str, float] = {}
         weighted: dict[str, list[float]] = {}
+        extremes: dict[str, float] = {}
         self.optimizer.zero_grad(set_to_none=True)
         if not jobs:  # e.g. no preference pair could be built for this step's prompts
             metrics["skipped_update"] = 1.0
             return
         for i, job in enumerate(jobs):
+            job = job.trimmed()
             ids, attn = trim_padding(job.ids, job.attn, job.cmask.shape[1])
             ids, attn, cmask = ids.to(self.acc.device), attn.to(self.acc.device), job.cmask.to(self.acc.device)
             last = i == len(jobs) - 1
@@ -170,7 +185,7 @@ class Trainer:
             with ctx:
                 logp = self.policy(ids, attn, cmask.shape[1], job.temperature)
                 # DDP averages gradients over processes
-                terms = self._job_terms(job, logp, cmask, norms[job.kind] / world, weighted, step_jobs.kto_z)
+                terms = self._job_terms(job, logp, cmask, norms[job.kind] / world, weighted, step_jobs.kto_z, extremes)
                 loss, _ = unified_objective(**terms, lambda_adv=lc.lambda_adv, weights=weights)
                 self.acc.backward(loss)
             for k, v in terms.items():
@@ -186,6 +201,7 @@ class Trainer:
         # each process holds (its share of the global sum) * world; the mean over processes is the global loss
         metrics.update(totals)
         metrics.update({k: s / w for k, (s, w) in weighted.items() if w > 0})
+        metrics.update(extremes)
         if "loss/pref_adv" in totals or "loss/sft_adv" in totals:
             metrics["loss/adv"] = totals.get("loss/sft_adv", 0.0) + totals.get("loss/pref_adv", 0.0)
             coefs = [j.coef for j in jobs if j.coef is not None]
@@ -214,12 +230,17 @@ class Trainer:
         return self._reduce_metrics(metrics)
 
     def _reduce_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Mean over processes; */max and */min metrics take the max / min."""
         if self.acc.num_processes == 1:
             return metrics
         keys = sorted(metrics)
         t = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=self.acc.device)
-        t = self.acc.reduce(t, reduction="mean")
-        return dict(zip(keys, t.tolist()))
+        every = self.acc.gather(t).view(self.acc.num_processes, len(keys))
+        out = {}
+        for i, k in enumerate(keys):
+            col = every[:, i]
+            out[k] = float(col.max() if k.endswith("/max") else col.min() if k.endswith("/min") else col.mean())
+        return out
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, step: int) -> Path | None:
