@@ -309,7 +309,7 @@ def _has_accelerator() -> bool:
 
 # what a run writes into output_dir (and, for multi-stage configs, into each stage-* directory)
 RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "stage_summary.json", "stage_state.json",
-             "eval_responses.jsonl", "checkpoints", "final", "final.tmp", "final.old")
+             "eval_responses.jsonl", "eval_general.json", "checkpoints", "final", "final.tmp", "final.old")
 
 
 def existing_results(out: Path) -> list[Path]:
