@@ -103,3 +103,15 @@ def test_sentence_checkers_do_not_depend_on_nltks_regex_time_limit(monkeypatch):
     T.clear_caches()
     assert v.errors == {}
     assert v.strict == [True, True]
+
+
+def test_ifeval_run_with_a_missing_model_is_one_line(tmp_path, capsys, monkeypatch):
+    prompts = _lines(tmp_path / "prompts.jsonl", [json.dumps({"key": 1, "prompt": "Hi", **LOWER})])
+    assert main(["ifeval", "run", str(tmp_path / "no_such_model"), "--prompts", str(prompts),
+                 "--output-dir", str(tmp_path / "out")]) == 2
+    _one_error(capsys, "argument MODEL", "does not exist")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["ifeval", "run", "nobody-xyz/not-a-model", "--prompts", str(prompts),
+                 "--output-dir", str(tmp_path / "out")]) == 2
+    _one_error(capsys, "argument MODEL", "HF_HUB_OFFLINE")
+    assert not (tmp_path / "out").exists()
