@@ -30,6 +30,9 @@ def test_benign_function_passes_and_fails(pool):
     # helper functions and preloaded modules work
     src = "import re, string\ndef n(r):\n    return len(re.findall(r'\\w+', r))\ndef evaluate(response):\n    return n(response) == 8"
     assert pool.run(src, RESPONSE).passed
+    # a standard-library module the worker did not load beforehand (a root worker's child has its own uid)
+    src = "import zipfile, io\ndef evaluate(response):\n    return zipfile.is_zipfile(io.BytesIO(b'no'))"
+    assert pool.run(src, RESPONSE).status == "fail"
 
 
 def test_language_detection_is_available_and_seeded(pool):

@@ -5,11 +5,11 @@ started inside bubblewrap (``bwrap``), and every call runs in a fresh child fork
 (`_sandbox_worker`). What a call can and cannot do (``SandboxPool.isolation`` reports what the
 kernel granted; ``docs/verifiers.md`` has the full table):
 
-* **Files**: the whole filesystem is mounted read-only; ``/tmp``, ``/var/tmp``, ``/run``, ``/root``,
-  ``/home`` are empty read-only tmpfs (the interpreter's own directories bound back read-only);
-  the only writable place is the call's scratch directory on a size-limited tmpfs, emptied after every
-  call. ``RLIMIT_FSIZE`` caps a file. Paths, descriptors, ``dir_fd``, links, renames, ctypes: the kernel
-  answers ``EROFS`` to any write elsewhere.
+* **Files**: the sandbox's root is an empty tmpfs holding only ``/usr``, ``/etc``, ``/bin``, ``/lib*``
+  and the Python directories (interpreter, standard library, site-packages), all read-only; the only
+  writable place is the call's scratch directory on a size-limited tmpfs, emptied after every call.
+  ``RLIMIT_FSIZE`` caps a file. Paths, descriptors, ``dir_fd``, links, renames, ctypes: the kernel
+  answers ``EROFS`` (or ``ENOENT``: home directories, ``/run``, the host's ``/tmp`` are not there).
 * **Processes**: own PID namespace (the worker is its PID 1; nothing of the host is visible or
   signallable); seccomp denies fork, clone (threads too), exec, ptrace, pidfd and any signal not aimed
   at the caller itself, so a call is one process and nothing outlives it.
@@ -171,7 +171,15 @@ def _bwrap_command(cfg: SandboxConfig, as_root: bool) -> list[str]:
             cmd += ["--symlink", os.readlink(d), d]
         elif os.path.isdir(d):
             cmd += ["--ro-bind", d, d]
+    made: set[str] = set()
     for p in _python_paths():
+        # the directories above it are new, empty and traversable (as the host's /root may not be)
+        parts = p.split("/")[1:-1]
+        for i in range(1, len(parts) + 1):
+            d = "/" + "/".join(parts[:i])
+            if d not in made and not any(d == s or d.startswith(s + "/") for s in SYSTEM_DIRS):
+                made.add(d)
+                cmd += ["--perms", "0755", "--dir", d]
         cmd += ["--ro-bind", p, p]
     cmd += ["--dev", "/dev", "--proc", "/proc", "--ro-bind-try", "/proc/sys", "/proc/sys",
             "--ro-bind-try", "/proc/sysrq-trigger", "/proc/sysrq-trigger",
