@@ -329,10 +329,6 @@ def main():
         import pyseccomp as seccomp
     except Exception:  # the library or libseccomp.so.2 is missing
         seccomp = None
-    if not cfg.get("scratch"):
-        import tempfile
-
-        cfg["scratch"] = tempfile.mkdtemp(prefix="uniapl-sbx-")
     os.chmod(cfg["scratch"], 0o755)
     info = _isolation(cfg, seccomp)
     out = sys.stdout
@@ -353,8 +349,6 @@ def main():
         out.flush()
         if reply.get("retire"):
             break  # the pool starts a fresh worker (fresh namespaces and scratch) for the next call
-    if cfg.get("remove_scratch"):
-        shutil.rmtree(cfg["scratch"], ignore_errors=True)
 
 
 if __name__ == "__main__":

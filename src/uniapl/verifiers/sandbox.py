@@ -192,6 +192,7 @@ class _Worker:
     def __init__(self, cfg: SandboxConfig, mode: str, slot: int, child_uid: int | None):
         self.cfg, self.mode, self.slot, self.child_uid = cfg, mode, slot, child_uid
         self.proc: subprocess.Popen | None = None
+        self._host_scratch: str | None = None
         self.isolation: dict = {}
         self._start()
 
@@ -202,8 +203,9 @@ class _Worker:
         if self.mode == "kernel":
             wcfg["scratch"] = SCRATCH
             prefix = _bwrap_command(self.cfg, as_root=self.child_uid is not None)
-        else:
-            wcfg["scratch"], wcfg["remove_scratch"] = "", True
+        else:  # made here, removed here (kill): the worker itself may be SIGKILLed
+            self._host_scratch = tempfile.mkdtemp(prefix="uniapl-sbx-")
+            wcfg["scratch"] = self._host_scratch
             prefix = []
         cmd = prefix + [sys.executable, "-I", "-B", str(_WORKER), json.dumps(wcfg)]
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"}
@@ -298,6 +300,9 @@ class _Worker:
                 except OSError:
                     pass
         self.proc = None
+        if self._host_scratch:
+            shutil.rmtree(self._host_scratch, ignore_errors=True)
+            self._host_scratch = None
 
 
 _warned_unsafe = False
