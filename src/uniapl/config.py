@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 
@@ -108,10 +108,25 @@ class TrainConfig:
     sft_batch_size: int = 8  # SFT-slice prompts per optimizer step (per process)
     pref_batch_size: int = 8  # preference-slice prompts per optimizer step (per process)
     gradient_accumulation_steps: int = 1  # micro-batches each slice is split into
+    # sort a slice's rows by length before splitting it into micro-batches, so that each micro-batch pads
+    # only to its own longest row (HF Trainer's name); the gradient is the same, the padding FLOPs are not
+    group_by_length: bool = False
     log_every: int = 1
     save_every: int = 0  # 0: only the final checkpoint
     keep_checkpoints: int = 2
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+
+
+@dataclass
+class ImportanceSamplingConfig:
+    """Rollout correction (TRL's vllm_importance_sampling_*): weight the GRPO term by pi_theta / pi_sampler,
+    truncated or masked (`uniapl.losses.importance`). "auto": on for engines whose log-probs are not the
+    trainer's own (vLLM), off for the built-in engine, whose log-probs are the trainer's (tested to 1e-4)."""
+
+    correction: Union[bool, Literal["auto"]] = "auto"
+    mode: Literal["token_truncate", "token_mask", "sequence_truncate", "sequence_mask"] = "token_truncate"
+    clip_min: Optional[float] = None
+    clip_max: Optional[float] = 3.0
 
 
 @dataclass
@@ -123,6 +138,7 @@ class RolloutConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
+    importance_sampling: ImportanceSamplingConfig = field(default_factory=ImportanceSamplingConfig)
 
 
 @dataclass
@@ -205,6 +221,29 @@ class VerifiersConfig:
 
 
 @dataclass
+class GeneralEvalConfig:
+    """lm-evaluation-harness tasks on the final model (`uniapl eval general`); off while `tasks` is empty.
+
+    The metrics land in the final stage's eval.after (and summary.json's) as general/<task>/<metric>.
+    """
+
+    tasks: list[str] = field(default_factory=list)  # lm-eval task/group names, e.g. [mmlu, gsm8k]
+    include_path: Optional[str] = None  # folder of extra YAML tasks (e.g. configs/lm_eval_tasks)
+    limit: Optional[int] = None  # documents per task
+    batch_size: int = 8
+    num_fewshot: Optional[int] = None
+    apply_chat_template: bool = False
+    builtin_tasks: bool = True  # False: only tasks under include_path (skips indexing lm-eval's own)
+    confirm_run_unsafe_code: bool = False  # humaneval / mbpp run model-written code, unsandboxed
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"key 'eval.general.limit' must be >= 1, got {self.limit}")
+        if self.batch_size < 1:
+            raise ValueError(f"key 'eval.general.batch_size' must be >= 1, got {self.batch_size}")
+
+
+@dataclass
 class EvalConfig:
     enabled: bool = True
     max_new_tokens: int = 64
@@ -213,6 +252,7 @@ class EvalConfig:
     every: int = 0  # evaluate every N steps during training (0: only before/after)
     before: bool = True  # evaluate the starting model too (eval.before in summary.json)
     save_responses: bool = True  # write the final evaluation's responses to eval_responses.jsonl
+    general: GeneralEvalConfig = field(default_factory=GeneralEvalConfig)
 
 
 @dataclass
