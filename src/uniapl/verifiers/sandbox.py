@@ -171,19 +171,20 @@ def _bwrap_command(cfg: SandboxConfig, as_root: bool) -> list[str]:
             cmd += ["--symlink", os.readlink(d), d]
         elif os.path.isdir(d):
             cmd += ["--ro-bind", d, d]
+    cmd += ["--tmpfs", "/tmp"]  # first: Python directories under /tmp (a checkout there) are bound onto it
     made: set[str] = set()
     for p in _python_paths():
         # the directories above it are new, empty and traversable (as the host's /root may not be)
         parts = p.split("/")[1:-1]
         for i in range(1, len(parts) + 1):
             d = "/" + "/".join(parts[:i])
-            if d not in made and not any(d == s or d.startswith(s + "/") for s in SYSTEM_DIRS):
+            if d not in made and d != "/tmp" and not any(d == s or d.startswith(s + "/") for s in SYSTEM_DIRS):
                 made.add(d)
                 cmd += ["--perms", "0755", "--dir", d]
         cmd += ["--ro-bind", p, p]
     cmd += ["--dev", "/dev", "--proc", "/proc", "--ro-bind-try", "/proc/sys", "/proc/sys",
             "--ro-bind-try", "/proc/sysrq-trigger", "/proc/sysrq-trigger",
-            "--tmpfs", "/tmp", "--size", str(cfg.scratch_mb * 1024 * 1024), "--tmpfs", SCRATCH,
+            "--size", str(cfg.scratch_mb * 1024 * 1024), "--tmpfs", SCRATCH,
             "--remount-ro", "/tmp", "--remount-ro", "/dev", "--remount-ro", "/", "--chdir", "/", "--"]
     return cmd
 
