@@ -225,7 +225,8 @@ class _Worker:
                         "verifiers.sandbox: unsafe (UNIAPL_SANDBOX=unsafe) to run it without kernel isolation")
                 raise RuntimeError(f"sandbox worker did not start: {msg}")
         self.isolation = json.loads(hello).get("hello", {})
-        self.isolation.update(mode=self.mode, launcher=("bwrap" if prefix else "none"))
+        self.isolation.update(mode=self.mode, launcher=("bwrap" if prefix else "none"),
+                              private_tmp=bool(prefix))  # the sandbox's /tmp is its own (kernel mode)
         if self.mode == "kernel":
             missing = [k for k in ("readonly_root", "pidns", "netns", "seccomp", "nondumpable") if not self.isolation.get(k)]
             probe = self.isolation.get("probe", {})
