@@ -218,6 +218,18 @@ class RewardConfig:
 
 
 @dataclass
+class VerifiersConfig:
+    # autoif:code isolation: "kernel" (bubblewrap namespaces + seccomp; refuses where the machine cannot)
+    # or "unsafe" (opt-in: model-written code runs without kernel isolation, loud warning); docs/verifiers.md
+    sandbox: Literal["kernel", "unsafe"] = "kernel"
+
+    def __post_init__(self) -> None:
+        from uniapl.verifiers.sandbox import configure
+
+        configure(self.sandbox)
+
+
+@dataclass
 class GeneralEvalConfig:
     """lm-evaluation-harness tasks on the final model (`uniapl eval general`); off while `tasks` is empty.
 
@@ -279,6 +291,7 @@ class Config:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    verifiers: VerifiersConfig = field(default_factory=VerifiersConfig)
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .registry import SpecError, checks_loose, get_checker, normalize_kwargs, takes_prompt, validate_spec
+from .sandbox import SandboxUnavailable
 
 __all__ = [
     "Verdict",
@@ -95,6 +96,8 @@ def _run(checker, instruction_id: str, text: str, kwargs: Mapping[str, Any], err
         return False
     try:
         return bool(checker(text, **kwargs))
+    except SandboxUnavailable:  # no safe place to run untrusted code: the user must decide, not score 0
+        raise
     except Exception as e:  # a checker must never stop training: count it as not followed, and say so
         why = f"timed out: {e}" if isinstance(e, TimeoutError) else f"{type(e).__name__}: {e}"
         if errors is not None:
