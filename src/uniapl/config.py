@@ -221,12 +221,7 @@ class RewardConfig:
 class VerifiersConfig:
     # autoif:code isolation: "kernel" (bubblewrap namespaces + seccomp; refuses where the machine cannot)
     # or "unsafe" (opt-in: model-written code runs without kernel isolation, loud warning); docs/verifiers.md
-    sandbox: Literal["kernel", "unsafe"] = "kernel"
-
-    def __post_init__(self) -> None:
-        from uniapl.verifiers.sandbox import configure
-
-        configure(self.sandbox)
+    sandbox: Literal["kernel", "unsafe"] = "kernel"  # applied by pipeline.run_training (sandbox.configure)
 
 
 @dataclass

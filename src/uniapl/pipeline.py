@@ -399,6 +399,9 @@ def run_training(cfg: Config, on_stage_end=None) -> dict[str, Any]:
     model of each stage before its final evaluation.
     """
     t0 = time.time()
+    from uniapl.verifiers.sandbox import configure as configure_sandbox
+
+    configure_sandbox(cfg.verifiers.sandbox)  # before anything can run model-written verification code
     _check_general(stage_configs(cfg)[-1][1])
     out = Path(cfg.output_dir)
     stages = validate_run(cfg)
