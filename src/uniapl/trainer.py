@@ -177,6 +177,7 @@ class Trainer:
             metrics["skipped_update"] = 1.0
             return
         for i, job in enumerate(jobs):
+            job = job.trimmed()
             ids, attn = trim_padding(job.ids, job.attn, job.cmask.shape[1])
             ids, attn, cmask = ids.to(self.acc.device), attn.to(self.acc.device), job.cmask.to(self.acc.device)
             last = i == len(jobs) - 1
@@ -266,7 +267,8 @@ class Trainer:
         self.step_idx = int(state["step"])
 
     # ------------------------------------------------------------------ the loop
-    def train(self, metrics_path: Path, eval_fn=None, stage: str = "") -> int:
+    def train(self, metrics_path: Path, eval_fn=None, stage: str = "", on_step=None) -> int:
+        """Steps until train.steps; `on_step(step)`, if given, runs after each step is logged and saved."""
         cfg = self.cfg
         bar = tqdm(total=cfg.train.steps, initial=self.step_idx, desc=f"{cfg.algorithm}",
                    disable=not (cfg.logging.progress and self.acc.is_main_process), dynamic_ncols=True)
@@ -284,6 +286,8 @@ class Trainer:
             bar.update(1)
             if cfg.train.save_every and step % cfg.train.save_every == 0 and step < cfg.train.steps:
                 self.save(step)
+            if on_step is not None:
+                on_step(step)
         bar.close()
         return self.step_idx
 
