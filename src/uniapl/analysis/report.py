@@ -231,7 +231,7 @@ def write_responses(out: Path, run_id: str, run: RunData, records: dict[Any, Any
 
 
 def write_runs_csv(out: Path, groups: list[Group], teacher_lengths: list[int] | None, sweep_keys: list[str],
-                   responses: dict[tuple[str, int], str] | None = None, extra: tuple[str, ...] = ()) -> None:
+                   extra: tuple[str, ...] = (), responses: dict[tuple[str, int], str] | None = None) -> None:
     """runs.csv: one row per finished run: method, seed, every swept / tuned key (dotted), the four metrics,
     `responses` (path of its re-scorable responses), then the other numbers behind the table's means."""
     responses = responses or {}
@@ -348,7 +348,7 @@ def write_report(exp, runs, out: Path, *, warmup_dir: Path | None, teacher_dir: 
     if start is not None and start.responses:
         resp_paths[("start", 0)] = write_responses(out, "start", start, records)
     start_group = [Group("start", "start", start_name, {}, runs=[start])] if start is not None else []
-    write_runs_csv(out, finished + start_group, t_lengths, sweep_keys + tuned_keys, resp_paths, extra)
+    write_runs_csv(out, finished + start_group, t_lengths, sweep_keys + tuned_keys, extra, resp_paths)
     files = ["table.md", "table.csv", "runs.csv"] + (["responses"] if resp_paths else [])
     comparisons = [parse_comparison(c) for c in getattr(exp, "compare", [])]
     if comparisons:
