@@ -314,3 +314,35 @@ def test_tiny_fair_experiment_tunes_compares_and_rescores(tmp_path):
     summary = json.loads((out / "experiment_summary.json").read_text())
     assert summary["skipped"] == 4 and summary["tuning_runs"] == 2 and not summary["failed"]
     assert (out / "tune" / "sft" / "learning_rate=0.001" / "seed-1000" / "summary.json").stat().st_mtime_ns == stamp
+
+
+def test_comparisons_pair_by_seed_and_match_sweep_points(tmp_path):
+    from uniapl.analysis.compare import compare_groups, write_comparisons
+    from uniapl.analysis.report import Group, RunData
+
+    def run(seed, passes):
+        rows = [{"key": f"k{i}", "prompt_strict": p, "prompt_loose": p, "inst_strict": [p, True], "inst_loose": [p, True]}
+                for i, p in enumerate(passes)]
+        acc = sum(passes) / len(passes)
+        ev = {"prompt_level_strict_acc": acc, "prompt_level_loose_acc": acc, "inst_level_strict_acc": (acc + 1) / 2,
+              "inst_level_loose_acc": (acc + 1) / 2}
+        return RunData(seed=seed, eval=ev, lengths=[], gaps=[], metrics=[], stages=[], sampled_tokens=0.0,
+                       train_seconds=0.0, final_checkpoint="", responses=rows)
+
+    base = Group("grpo", "grpo", "GRPO", {}, runs=[run(0, [1, 0, 0, 0]), run(1, [0, 0, 0, 0]), run(2, [1, 1, 0, 0])])
+    hi = Group("a_grpo__lambda_adv=0.1", "a_grpo", "A-GRPO", {"loss.lambda_adv": 0.1},
+               runs=[run(0, [1, 1, 0, 0]), run(1, [1, 0, 0, 0]), run(2, [1, 1, 1, 0]), run(3, [1, 1, 1, 1])])
+    lo = Group("a_grpo__lambda_adv=0.001", "a_grpo", "A-GRPO", {"loss.lambda_adv": 0.001},
+               runs=[run(0, [1, 0, 0, 0]), run(1, [0, 0, 0, 0])])
+    rows = compare_groups([("a_grpo", "grpo")], [base, hi, lo], resamples=200)
+    strict = [r for r in rows if r["metric"] == "prompt_level_strict_acc"]
+    assert [r["a"] for r in strict] == ["a_grpo__lambda_adv=0.1", "a_grpo__lambda_adv=0.001"]
+    first, second = strict
+    assert first["seeds"] == 3  # seed 3 has no GRPO partner: left out
+    assert first["per_seed"] == "0:+0.2500;1:+0.2500;2:+0.2500" and first["diff"] == pytest.approx(0.25)
+    assert first["sd"] == pytest.approx(0.0) and first["ci_low"] == pytest.approx(0.25)
+    assert second["diff"] == pytest.approx(0.0) and second["seeds"] == 2
+    files = write_comparisons(tmp_path, rows, primary="prompt_level_strict_acc", power=0.8, resamples=200)
+    assert files == ["comparisons.md", "comparisons.csv"]
+    md = (tmp_path / "comparisons.md").read_text()
+    assert "A-GRPO (lambda_adv=0.1) - GRPO | 3 |" in md and "+0.250" in md
