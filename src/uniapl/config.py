@@ -37,6 +37,31 @@ class EmbeddedModelConfig:
 
 
 @dataclass
+class LoraConfig:
+    """`model.lora`: train LoRA adapters (PEFT) instead of the full weights (`uniapl.lora`). The reference
+    policy is then the adapter-disabled model (no second copy); checkpoints and final/ hold the adapters,
+    and with merge_final also final/merged/, a plain model with the adapters folded in."""
+
+    r: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.0
+    target_modules: Any = "all-linear"  # "all-linear" or a list of module names (q_proj, v_proj, ...)
+    merge_final: bool = False
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ValueError(f"key 'model.lora.r' must be >= 1, got {self.r}")
+        if self.alpha <= 0:
+            raise ValueError(f"key 'model.lora.alpha' must be > 0, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"key 'model.lora.dropout' must be in [0, 1), got {self.dropout}")
+        t = self.target_modules
+        if not (t == "all-linear" or (isinstance(t, list) and t and all(isinstance(x, str) and x for x in t))):
+            raise ValueError(f"key 'model.lora.target_modules' must be 'all-linear' or a non-empty list of module "
+                             f"names, got {t!r}")
+
+
+@dataclass
 class ModelConfig:
     name_or_path: str = "embedded"  # "embedded", a hub id or a local path
     revision: Optional[str] = None
@@ -46,8 +71,9 @@ class ModelConfig:
     attn_implementation: Optional[str] = "sdpa"
     chat_template: Optional[str] = None  # Jinja template overriding the tokenizer's
     enable_thinking: bool = False  # passed to chat templates that know it (Qwen3)
-    think_prefix: str = "<think>\n\n</think>\n\n"  # masked out of SFT targets when the template emits it
-    gradient_checkpointing: bool = False
+    think_prefix: str = "<think>\n\n</think>\n\n"  # a target starting with it keeps ONE block, masked (data.chat)
+    gradient_checkpointing: bool = False  # recompute activations in the update (training mode); rollouts unaffected
+    lora: Optional[LoraConfig] = None
     embedded: EmbeddedModelConfig = field(default_factory=EmbeddedModelConfig)
 
 
@@ -91,7 +117,7 @@ class DataConfig:
     eval: Optional[DataSource] = field(default_factory=lambda: DataSource(path="synthetic:eval"))
     synthetic: SyntheticTaskConfig = field(default_factory=SyntheticTaskConfig)
     max_prompt_tokens: int = 256
-    max_response_tokens: int = 256  # SFT targets longer than this are truncated
+    max_response_tokens: int = 256  # target answers (SFT, DPO/KTO) are cut here; a cut answer ends without EOS
     pairs: PairsConfig = field(default_factory=PairsConfig)
 
 
@@ -127,7 +153,14 @@ class RolloutConfig:
 
 @dataclass
 class GRPOConfig:
-    beta: float = 0.0  # k3 KL coefficient; 0 loads no reference model
+    """GRPO's clipped surrogate + k3 KL to the frozen reference (the stage's starting weights).
+
+    beta: the KL coefficient; the paper's 0.001 (all its experiments) by default. `beta: 0` switches the
+        KL term off and loads no reference model (with `model.lora` the reference is free either way: it is
+        the adapter-disabled policy).
+    """
+
+    beta: float = 0.001
     eps_low: float = 0.2
     eps_high: float = 0.2
     advantage_scale: Literal["group", "batch", "none"] = "group"
