@@ -28,6 +28,7 @@ from uniapl.algorithms import Paradigm, get_algorithm
 from uniapl.batching import trim_padding
 from uniapl.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, set_rng_state
 from uniapl.config import Config
+from uniapl.distributed import global_max
 from uniapl.data.records import Record
 from uniapl.jobs import JOB_KINDS, Job, JobBuilder, StepJobs, timed
 from uniapl.logprobs import PolicyLogprobs
@@ -94,7 +95,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ the update
     def _job_terms(self, job: Job, logp: torch.Tensor, cmask: torch.Tensor, norm: float,
-                   acc_metrics: dict[str, list[float]], kto_z: torch.Tensor | float = 0.0) -> dict[str, torch.Tensor]:
+                   acc_metrics: dict[str, list[float]], kto_z: torch.Tensor | float = 0.0,
+                   adversarial: bool = True) -> dict[str, torch.Tensor]:
         """The loss terms of one micro-batch (one slice), already aggregated with the step's normaliser."""
         lc, gc, p = self.cfg.loss, self.cfg.loss.grpo, self.paradigm
         agg = gc.aggregation
@@ -122,7 +124,7 @@ class Trainer:
                 ref_logprobs=None if job.ref_logprobs is None else job.ref_logprobs.to(logp.device),
                 beta=gc.beta, eps_low=gc.eps_low, eps_high=gc.eps_high, aggregation=agg, normalizer=norm)
             weigh(m, ("kl", "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean"), n_tok)
-            if job.coef is not None:
+            if job.coef is not None and adversarial:
                 terms["pref_adv"], _ = adversarial_loss(logp, cmask, job.coef.to(logp.device), aggregation=agg,
                                                         normalizer=norm)
         elif job.kind == "dpo":
@@ -142,9 +144,25 @@ class Trainer:
             raise ValueError(f"unknown job kind {job.kind!r}")
         return terms
 
-    def update(self, step_jobs: StepJobs, metrics: dict[str, float]) -> None:
-        """One optimizer step on `step_jobs`: forward/backward every job, clip, step."""
-        jobs = step_jobs.jobs
+    def _idle_loss(self) -> torch.Tensor:
+        """0 * the log-prob of a 2-token dummy sequence: a forward/backward with zero gradients, run by a process
+        with fewer jobs than the others so that every process joins every gradient collective (DDP's all-reduce,
+        FSDP's gathers and reduce-scatters) the same number of times."""
+        pad = self.jobs.pad_id
+        ids = torch.tensor([[pad, pad]], device=self.acc.device)
+        logp = self.policy(ids, torch.ones_like(ids), 1, 1.0)
+        return logp.sum() * 0.0
+
+    def update(self, step_jobs: StepJobs, metrics: dict[str, float], *, kinds: tuple[str, ...] | None = None,
+               adversarial: bool = True) -> None:
+        """One optimizer step on `step_jobs` (its jobs of `kinds`, if given): forward/backward every job, clip, step.
+
+        Every process runs the same number of forward/backward passes (the most jobs any process has; those
+        with fewer run zero-loss passes, see `_idle_loss`), and the optimizer step is skipped only when NO
+        process has a job, so a process with nothing to do never leaves the others waiting in a collective.
+        `adversarial=False` leaves out the adversarial term of GRPO jobs (passes 2.. of loss.grpo.num_iterations).
+        """
+        jobs = [j for j in step_jobs.jobs if kinds is None or j.kind in kinds]
         cfg, p = self.cfg, self.paradigm
         lc = cfg.loss
         world = self.acc.num_processes
@@ -159,18 +177,24 @@ class Trainer:
         totals: dict[str, float] = {}
         weighted: dict[str, list[float]] = {}
         self.optimizer.zero_grad(set_to_none=True)
-        if not jobs:  # e.g. no preference pair could be built for this step's prompts
+        passes = len(jobs) if world == 1 else int(global_max(self.acc, len(jobs)))
+        if passes == 0:  # no process has a job (e.g. no preference pair could be built for any prompt)
             metrics["skipped_update"] = 1.0
             return
-        for i, job in enumerate(jobs):
-            ids, attn = trim_padding(job.ids, job.attn, job.cmask.shape[1])
-            ids, attn, cmask = ids.to(self.acc.device), attn.to(self.acc.device), job.cmask.to(self.acc.device)
-            last = i == len(jobs) - 1
+        for i in range(passes):
+            job = jobs[i] if i < len(jobs) else None
+            last = i == passes - 1
             ctx = self.acc.no_sync(self.policy) if (not last and world > 1) else contextlib.nullcontext()
             with ctx:
+                if job is None:
+                    self.acc.backward(self._idle_loss())
+                    continue
+                ids, attn = trim_padding(job.ids, job.attn, job.cmask.shape[1])
+                ids, attn, cmask = ids.to(self.acc.device), attn.to(self.acc.device), job.cmask.to(self.acc.device)
                 logp = self.policy(ids, attn, cmask.shape[1], job.temperature)
                 # DDP averages gradients over processes
-                terms = self._job_terms(job, logp, cmask, norms[job.kind] / world, weighted, step_jobs.kto_z)
+                terms = self._job_terms(job, logp, cmask, norms[job.kind] / world, weighted, step_jobs.kto_z,
+                                        adversarial=adversarial)
                 loss, _ = unified_objective(**terms, lambda_adv=lc.lambda_adv, weights=weights)
                 self.acc.backward(loss)
             for k, v in terms.items():
@@ -193,14 +217,31 @@ class Trainer:
         elif "adv/coef_mean_pref" in metrics:  # reward-shaping ablations: the coefficient is still reported
             metrics["adv/coef_mean"] = metrics["adv/coef_mean_pref"]
 
+    def optimise(self, step_jobs: StepJobs, metrics: dict[str, float]) -> None:
+        """The step's updates. Pass 1 trains every term of the objective on the step's jobs. With
+        loss.grpo.num_iterations = K > 1 (TRL's mu), passes 2..K are further optimizer steps on the GRPO term
+        ALONE, over the same rollouts, with the clipped ratio against the log-probs they were sampled with
+        (`Job.old_logprobs`): the SFT, DPO/KTO and adversarial terms have no importance ratio, so they are
+        trained once per batch, on-policy. Pass 1's losses are the step's `loss/*`; the last pass's GRPO loss
+        and clip ratio are `loss/grpo_last_pass`, `clip_ratio/region_mean_last_pass`."""
+        self.update(step_jobs, metrics)
+        iterations = self.cfg.loss.grpo.num_iterations if self.paradigm.online else 1
+        for _ in range(1, iterations):
+            extra: dict[str, float] = {}
+            self.update(step_jobs, extra, kinds=("pref",), adversarial=False)
+            for k in ("loss/grpo", "clip_ratio/region_mean", "grad_norm"):
+                if k in extra:
+                    metrics[f"{k}_last_pass"] = extra[k]
+            metrics.update({k: v for k, v in extra.items() if k.startswith("time/")})
+        if iterations > 1:
+            metrics["grpo/passes"] = float(iterations)
+
     def step(self) -> dict[str, float]:
         t0 = time.perf_counter()
         metrics: dict[str, float] = {}
         step_jobs = self.jobs.build(self.step_idx, metrics)
         with timed(metrics, "update"):
-            iterations = self.cfg.loss.grpo.num_iterations if self.paradigm.online else 1
-            for _ in range(max(1, iterations)):
-                self.update(step_jobs, metrics)
+            self.optimise(step_jobs, metrics)
         if self.discriminator is not None and step_jobs.scored:
             teach = [(r, t) for r, t in step_jobs.scored if r.teacher is not None]
             if teach:
@@ -214,12 +255,19 @@ class Trainer:
         return self._reduce_metrics(metrics)
 
     def _reduce_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        """The mean over processes of each metric. Processes may report different keys (one had no DPO pair,
+        no KTO row): a key is averaged over the processes that report it, except the `loss/*` totals, which
+        each process reports as its share of the global sum (times world) and a process without the term
+        contributes 0 to."""
         if self.acc.num_processes == 1:
             return metrics
-        keys = sorted(metrics)
-        t = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=self.acc.device)
-        t = self.acc.reduce(t, reduction="mean")
-        return dict(zip(keys, t.tolist()))
+        from accelerate.utils import gather_object
+
+        keys = sorted(set().union(*gather_object([sorted(metrics)])))
+        vals = torch.tensor([[metrics.get(k, 0.0), float(k in metrics or k.startswith("loss/"))] for k in keys],
+                            dtype=torch.float64, device=self.acc.device)
+        t = self.acc.reduce(vals, reduction="sum")
+        return {k: float(v / max(c, 1.0)) for k, (v, c) in zip(keys, t.tolist())}
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, step: int) -> Path | None:
