@@ -165,7 +165,9 @@ class GRPOConfig:
     eps_high: float = 0.2
     advantage_scale: Literal["group", "batch", "none"] = "group"
     aggregation: Literal["token_mean", "seq_mean", "dr_grpo"] = "token_mean"
-    num_iterations: int = 1  # optimizer updates per rollout batch (ratio != 1 from the 2nd on)
+    # optimisation passes over each rollout batch (TRL's mu): pass 1 trains every term; passes 2..K the GRPO term
+    # alone, clipped ratio against the sampling log-probs (SFT/DPO/KTO/adversarial terms have no ratio: trained once)
+    num_iterations: int = 1
 
 
 @dataclass
