@@ -32,8 +32,8 @@ from uniapl.distributed import global_max
 from uniapl.data.records import Record
 from uniapl.jobs import JOB_KINDS, Job, JobBuilder, StepJobs, timed
 from uniapl.logprobs import PolicyLogprobs
-from uniapl.losses import (adversarial_loss, chord_sft_loss, dpo_loss, grpo_loss, kto_loss, sequence_logprobs,
-                           unified_objective)
+from uniapl.losses import (adversarial_loss, chord_sft_loss, dpo_loss, grpo_loss, kto_loss, rollout_importance_weights,
+                           sequence_logprobs, unified_objective)
 
 
 class Trainer:
@@ -96,8 +96,11 @@ class Trainer:
     # ------------------------------------------------------------------ the update
     def _job_terms(self, job: Job, logp: torch.Tensor, cmask: torch.Tensor, norm: float,
                    acc_metrics: dict[str, list[float]], kto_z: torch.Tensor | float = 0.0,
-                   adversarial: bool = True) -> dict[str, torch.Tensor]:
-        """The loss terms of one micro-batch (one slice), already aggregated with the step's normaliser."""
+                   extremes: dict[str, float] | None = None, adversarial: bool = True) -> dict[str, torch.Tensor]:
+        """The loss terms of one micro-batch (one slice), already aggregated with the step's normaliser.
+        `acc_metrics` accumulates weighted means, `extremes` the */max and */min metrics; `adversarial=False`
+        leaves out the adversarial term of GRPO jobs."""
+        extremes = {} if extremes is None else extremes
         lc, gc, p = self.cfg.loss, self.cfg.loss.grpo, self.paradigm
         agg = gc.aggregation
         terms: dict[str, torch.Tensor] = {}
@@ -119,10 +122,20 @@ class Trainer:
             terms[name], _ = adversarial_loss(logp, cmask, job.coef.to(logp.device), aggregation=agg, normalizer=norm)
         elif job.kind == "pref":
             old = job.old_logprobs.to(logp.device) if job.old_logprobs is not None else logp.detach()
+            is_w = None
+            if job.sampler_logprobs is not None:  # rollout correction: the trainer's log-probs at sampling time
+                isc = self.cfg.rollout.importance_sampling
+                is_w, im = rollout_importance_weights(old, job.sampler_logprobs, cmask, mode=isc.mode,
+                                                      clip_min=isc.clip_min, clip_max=isc.clip_max)
+                weigh(im, tuple(k for k in im if k.endswith("/mean")), n_tok)
+                for k, v in im.items():
+                    if not k.endswith("/mean"):
+                        extremes[k] = v if k not in extremes else (max if k.endswith("/max") else min)(extremes[k], v)
             terms["grpo"], m = grpo_loss(
                 logp, old, job.advantages.to(logp.device), cmask,
                 ref_logprobs=None if job.ref_logprobs is None else job.ref_logprobs.to(logp.device),
-                beta=gc.beta, eps_low=gc.eps_low, eps_high=gc.eps_high, aggregation=agg, normalizer=norm)
+                beta=gc.beta, eps_low=gc.eps_low, eps_high=gc.eps_high, aggregation=agg, normalizer=norm,
+                importance_weights=is_w)
             weigh(m, ("kl", "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean"), n_tok)
             if job.coef is not None and adversarial:
                 terms["pref_adv"], _ = adversarial_loss(logp, cmask, job.coef.to(logp.device), aggregation=agg,
@@ -176,6 +189,7 @@ class Trainer:
         norms = {k: self._normalizer([j for j in jobs if j.kind == k], k) for k in JOB_KINDS}
         totals: dict[str, float] = {}
         weighted: dict[str, list[float]] = {}
+        extremes: dict[str, float] = {}
         self.optimizer.zero_grad(set_to_none=True)
         passes = len(jobs) if world == 1 else int(global_max(self.acc, len(jobs)))
         if passes == 0:  # no process has a job (e.g. no preference pair could be built for any prompt)
@@ -189,11 +203,12 @@ class Trainer:
                 if job is None:
                     self.acc.backward(self._idle_loss())
                     continue
+                job = job.trimmed()
                 ids, attn = trim_padding(job.ids, job.attn, job.cmask.shape[1])
                 ids, attn, cmask = ids.to(self.acc.device), attn.to(self.acc.device), job.cmask.to(self.acc.device)
                 logp = self.policy(ids, attn, cmask.shape[1], job.temperature)
                 # DDP averages gradients over processes
-                terms = self._job_terms(job, logp, cmask, norms[job.kind] / world, weighted, step_jobs.kto_z,
+                terms = self._job_terms(job, logp, cmask, norms[job.kind] / world, weighted, step_jobs.kto_z, extremes,
                                         adversarial=adversarial)
                 loss, _ = unified_objective(**terms, lambda_adv=lc.lambda_adv, weights=weights)
                 self.acc.backward(loss)
@@ -210,6 +225,7 @@ class Trainer:
         # each process holds (its share of the global sum) * world; the mean over processes is the global loss
         metrics.update(totals)
         metrics.update({k: s / w for k, (s, w) in weighted.items() if w > 0})
+        metrics.update(extremes)
         if "loss/pref_adv" in totals or "loss/sft_adv" in totals:
             metrics["loss/adv"] = totals.get("loss/sft_adv", 0.0) + totals.get("loss/pref_adv", 0.0)
             coefs = [j.coef for j in jobs if j.coef is not None]
@@ -255,19 +271,33 @@ class Trainer:
         return self._reduce_metrics(metrics)
 
     def _reduce_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
-        """The mean over processes of each metric. Processes may report different keys (one had no DPO pair,
-        no KTO row): a key is averaged over the processes that report it, except the `loss/*` totals, which
-        each process reports as its share of the global sum (times world) and a process without the term
-        contributes 0 to."""
+        """The mean over processes of each metric (*/max and */min: the max / min). Processes may report
+        different keys (one had no DPO pair, no KTO row): a key is averaged over the processes that report it,
+        except the `loss/*` totals, which each process reports as its share of the global sum (times world)
+        and a process without the term contributes 0 to."""
         if self.acc.num_processes == 1:
             return metrics
         from accelerate.utils import gather_object
 
         keys = sorted(set().union(*gather_object([sorted(metrics)])))
-        vals = torch.tensor([[metrics.get(k, 0.0), float(k in metrics or k.startswith("loss/"))] for k in keys],
-                            dtype=torch.float64, device=self.acc.device)
-        t = self.acc.reduce(vals, reduction="sum")
-        return {k: float(v / max(c, 1.0)) for k, (v, c) in zip(keys, t.tolist())}
+        inf = float("inf")
+        rows = []
+        for k in keys:
+            present = k in metrics or k.startswith("loss/")
+            fill = -inf if k.endswith("/max") else inf if k.endswith("/min") else 0.0
+            rows.append([metrics.get(k, 0.0 if present else fill), float(present)])
+        t = torch.tensor(rows, dtype=torch.float64, device=self.acc.device)
+        every = self.acc.gather(t[None]).view(self.acc.num_processes, len(keys), 2)
+        out = {}
+        for i, k in enumerate(keys):
+            vals, seen = every[:, i, 0], every[:, i, 1]
+            if k.endswith("/max"):
+                out[k] = float(vals.max())
+            elif k.endswith("/min"):
+                out[k] = float(vals.min())
+            else:
+                out[k] = float(vals.sum() / max(float(seen.sum()), 1.0))
+        return out
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, step: int) -> Path | None:
