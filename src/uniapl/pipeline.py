@@ -24,6 +24,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
+from uniapl import distributed
 from uniapl.algorithms import get_algorithm
 from uniapl.config import Config, dump_config, stage_configs
 from uniapl.data.loaders import DataError, load_records, require, validate_specs
@@ -115,9 +116,40 @@ def _evaluate(cfg: Config, acc: Accelerator, model, tok, records: list[Record], 
     return metrics
 
 
+def _policy_for_stage(cfg: Config, init_from: str | None, ckpt: Path | None):
+    """(model, tokenizer) a stage trains: the starting weights, or the resumed checkpoint's; with model.lora,
+    the starting weights + fresh adapters, or + the checkpoint's adapters."""
+    if cfg.model.lora is None:
+        return build_policy(cfg, str(ckpt) if ckpt else init_from)
+    from uniapl.lora import apply_lora, load_adapters
+
+    model, tok = build_policy(cfg, init_from)
+    return (load_adapters(model, ckpt) if ckpt else apply_lora(model, cfg.model.lora)), tok
+
+
+def _save_final(trainer: Trainer, model, tok, final_dir: Path, merged: bool) -> None:
+    """final/: the model in HF format (LoRA: the adapters, and with `merged` final/merged/, the adapters
+    folded into a plain model). Written into final.tmp/ and renamed. Main process only."""
+    from uniapl.lora import save_merged
+
+    tmp = final_dir.with_name(final_dir.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    if merged and trainer.peft is not None:
+        save_merged(trainer.peft, tmp / "merged", tok)
+    if final_dir.exists():
+        shutil.rmtree(final_dir)
+    os.replace(tmp, final_dir)
+
+
 def run_stage(cfg: Config, name: str, acc: Accelerator, stage_dir: Path, init_from: str | None,
-              metrics_path: Path, on_stage_end=None, known_before: dict | None = None) -> dict[str, Any]:
-    """Train one stage; returns its summary entry. Resumes from the stage's latest checkpoint if cfg.resume."""
+              metrics_path: Path, on_stage_end=None, known_before: dict | None = None,
+              merge_final: bool | None = None) -> dict[str, Any]:
+    """Train one stage; returns its summary entry. Resumes from the stage's latest checkpoint if cfg.resume.
+    `merge_final`: with LoRA, also write final/merged/ (default: model.lora.merge_final); a stage that another
+    follows always does, and its final_checkpoint is then final/merged (the next stage's start)."""
     stage_dir.mkdir(parents=True, exist_ok=True)
     state_file = stage_dir / "stage_state.json"
     final_dir = stage_dir / "final"
@@ -126,7 +158,7 @@ def run_stage(cfg: Config, name: str, acc: Accelerator, stage_dir: Path, init_fr
     set_seed(cfg.seed)
     sft, pref, ev = _records_for(cfg)
     ckpt = find_resume_checkpoint(stage_dir) if cfg.resume else None
-    model, tok = build_policy(cfg, str(ckpt) if ckpt else init_from)
+    model, tok = _policy_for_stage(cfg, init_from, ckpt)
     model.to(acc.device)
     eos = eos_token_ids(model, tok)
     previous = json.loads(state_file.read_text()) if (ckpt and state_file.is_file()) else {}
@@ -138,7 +170,7 @@ def run_stage(cfg: Config, name: str, acc: Accelerator, stage_dir: Path, init_fr
             _atomic_write(state_file, json.dumps({"eval_before": before}, indent=2))
     ref_model = None
     p = get_algorithm(cfg.algorithm)
-    if ckpt is not None and ((p.online and cfg.loss.grpo.beta > 0) or p.offline_preference):
+    if ckpt is not None and cfg.model.lora is None and ((p.online and cfg.loss.grpo.beta > 0) or p.offline_preference):
         ref_model, _ = build_policy(cfg, init_from)  # the reference is the stage's start, not the resumed weights
     trainer = Trainer(cfg, acc, model, tok, sft_records=sft, pref_records=pref, stage_dir=stage_dir, eos_ids=eos,
                       ref_model=ref_model)
@@ -155,20 +187,26 @@ def run_stage(cfg: Config, name: str, acc: Accelerator, stage_dir: Path, init_fr
     train_seconds = elapsed_before + time.time() - t_train
     trainer.save(steps)
     acc.wait_for_everyone()
-    model = trainer.model
+    model, saved = trainer.model, trainer.saved_model
+    full = trainer.full_state_dict()
+    if full is not None:  # sharded: evaluate and save an unsharded copy of the trained weights (every process)
+        model, _ = build_policy(cfg, str(ckpt) if ckpt else init_from)
+        model.load_state_dict(full)
+        model.to(acc.device).eval()
+        saved = model
     if on_stage_end is not None:
         on_stage_end(name, model, acc)
     after = _evaluate(cfg, acc, model, tok, ev, eos,
                       responses_path=stage_dir / "eval_responses.jsonl" if cfg.eval.save_responses else None)
+    merged = cfg.model.lora is not None and (cfg.model.lora.merge_final if merge_final is None else merge_final)
     if acc.is_main_process:
-        tmp = stage_dir / "final.tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        if final_dir.exists():
-            shutil.rmtree(final_dir)
-        os.replace(tmp, final_dir)
+        _save_final(trainer, saved, tok, final_dir, merged)
+    acc.wait_for_everyone()
+    from uniapl.lora import parameter_counts
+
+    trainable, total = parameter_counts(trainer.saved_model if full is None else model)
+    if full is not None:
+        trainable = total  # FSDP trains full weights (LoRA under sharding is not supported)
     entry = {
         "name": name,
         "algorithm": cfg.algorithm,
@@ -176,7 +214,9 @@ def run_stage(cfg: Config, name: str, acc: Accelerator, stage_dir: Path, init_fr
         "train_seconds": round(train_seconds, 2),
         "wall_seconds": round(time.time() - t_start, 2),
         "eval": {"before": before, "after": after},
-        "final_checkpoint": str(final_dir),
+        "final_checkpoint": str(final_dir / "merged" if merged else final_dir),
+        "trainable_parameters": trainable,
+        "total_parameters": total,
     }
     if acc.is_main_process:
         _atomic_write(stage_dir / "stage_summary.json", json.dumps(entry, indent=2))
@@ -245,7 +285,8 @@ def run_training(cfg: Config, on_stage_end=None) -> dict[str, Any]:
         stage_metrics = out / "metrics.jsonl"
         # the previous stage's final evaluation IS this stage's starting evaluation when both evaluate alike
         known = entries[-1]["eval"]["after"] if entries and _same_eval(stages[i - 1][1], scfg) else None
-        entry = run_stage(scfg, name, acc, stage_dir, init_from, stage_metrics, on_stage_end, known_before=known)
+        entry = run_stage(scfg, name, acc, stage_dir, init_from, stage_metrics, on_stage_end, known_before=known,
+                          merge_final=True if i < len(stages) - 1 else None)
         entries.append(entry)
         init_from = entry["final_checkpoint"]
     last = entries[-1]
@@ -261,6 +302,9 @@ def run_training(cfg: Config, on_stage_end=None) -> dict[str, Any]:
         "stages": entries,
         "final_checkpoint": last["final_checkpoint"],
         "world_size": acc.num_processes,
+        "distributed": distributed.summary(acc),
+        "trainable_parameters": last.get("trainable_parameters"),
+        "total_parameters": last.get("total_parameters"),
     }
     if acc.is_main_process:
         _atomic_write(out / "summary.json", json.dumps(summary, indent=2))

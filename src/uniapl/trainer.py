@@ -28,7 +28,9 @@ from uniapl.algorithms import Paradigm, get_algorithm
 from uniapl.batching import trim_padding
 from uniapl.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, set_rng_state
 from uniapl.config import Config
-from uniapl.distributed import global_max
+from uniapl.distributed import (full_model_state_dict, full_optimizer_state_dict, gathered_params, global_max, is_sharded,
+                                load_full_optimizer_state_dict)
+from uniapl.lora import is_peft_model, policy_module, reference_policy
 from uniapl.data.records import Record
 from uniapl.jobs import JOB_KINDS, Job, JobBuilder, StepJobs, timed
 from uniapl.logprobs import PolicyLogprobs
@@ -40,7 +42,8 @@ class Trainer:
     def __init__(self, cfg: Config, accelerator: Accelerator, model, tokenizer, *, sft_records: list[Record],
                  pref_records: list[Record], stage_dir: Path, eos_ids: list[int], ref_model=None):
         """`ref_model`: the frozen reference (the stage's starting weights) when the paradigm needs one;
-        by default a copy of `model` (pass it explicitly when `model` holds resumed weights)."""
+        by default a copy of `model` (pass it explicitly when `model` holds resumed weights). With a PEFT
+        `model` (model.lora) the reference is the adapter-disabled policy and no copy is made."""
         self.cfg = cfg
         self.acc = accelerator
         self.paradigm: Paradigm = get_algorithm(cfg.algorithm)
@@ -48,6 +51,16 @@ class Trainer:
         self.tokenizer = tokenizer
         self.stage_dir = stage_dir
         tc = cfg.train
+        self.peft = model if is_peft_model(model) else None  # adapters: what checkpoints hold
+        model = policy_module(model)
+        if cfg.model.gradient_checkpointing:
+            # non-reentrant: gradients reach the adapters even though the (frozen) inputs need no grad
+            enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.x's name
+            if enable is not None:
+                enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.eval()  # training mode (dropout, checkpointing) only inside the update, see `update`
         self.policy = PolicyLogprobs(model)
         decay, no_decay = [], []
         for n, prm in model.named_parameters():
@@ -62,16 +75,38 @@ class Trainer:
                                        num_training_steps=max(updates, 1))
         self.policy, self.optimizer, self.scheduler = accelerator.prepare(self.policy, self.optimizer, self.scheduler)
         self.ref_model = None
-        if (p.online and cfg.loss.grpo.beta > 0) or p.offline_preference:
+        needs_ref = (p.online and cfg.loss.grpo.beta > 0) or p.offline_preference
+        if needs_ref and self.peft is None:
             ref = ref_model if ref_model is not None else copy.deepcopy(self.model)
             self.ref_model = ref.to(self.acc.device).eval().requires_grad_(False)
         self.jobs = JobBuilder(cfg, p, tokenizer, sft_records=sft_records, pref_records=pref_records, eos_ids=eos_ids,
-                               policy_model=lambda: self.model, accelerator=accelerator, ref_model=self.ref_model)
+                               policy_model=lambda: self.model, accelerator=accelerator, ref_model=self.ref_model,
+                               reference=self.reference if needs_ref else None, gathered=self.gathered)
         self.step_idx = 0
 
     @property
     def model(self):
+        """The policy's Hugging Face model (LoRA: the base model, adapter layers injected)."""
         return self.acc.unwrap_model(self.policy).model
+
+    @property
+    def saved_model(self):
+        """What checkpoints and final/ save: the PeftModel (adapters) with LoRA, else the model."""
+        return self.peft if self.peft is not None else self.model
+
+    def gathered(self):
+        """Context in which `self.model` holds its full parameters on every process (sharded training:
+        for the decode loop and no-grad scoring, which run a different number of forwards per process)."""
+        return gathered_params(self.acc, self.policy)
+
+    @contextlib.contextmanager
+    def reference(self):
+        """The frozen reference policy: the adapter-disabled policy with LoRA, else the reference copy."""
+        if self.peft is None:
+            yield self.ref_model
+            return
+        with self.gathered(), reference_policy(self.peft) as ref:
+            yield ref
 
     @property
     def engine(self):
@@ -195,6 +230,33 @@ class Trainer:
         if passes == 0:  # no process has a job (e.g. no preference pair could be built for any prompt)
             metrics["skipped_update"] = 1.0
             return
+        # training mode for the forward/backward passes only: transformers checkpoints activations only in
+        # training mode (model.gradient_checkpointing); rollouts and reference scoring run in eval mode
+        self.model.train()
+        try:
+            self._passes(jobs, passes, step_jobs, norms, weights, weighted, extremes, totals, adversarial)
+        finally:
+            self.model.eval()
+        with timed(metrics, "optimizer"):
+            if cfg.train.max_grad_norm > 0:
+                gn = self.acc.clip_grad_norm_(self.policy.parameters(), cfg.train.max_grad_norm)
+                metrics["grad_norm"] = float(gn)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        # each process holds (its share of the global sum) * world; the mean over processes is the global loss
+        metrics.update(totals)
+        metrics.update({k: s / w for k, (s, w) in weighted.items() if w > 0})
+        metrics.update(extremes)
+        if "loss/pref_adv" in totals or "loss/sft_adv" in totals:
+            metrics["loss/adv"] = totals.get("loss/sft_adv", 0.0) + totals.get("loss/pref_adv", 0.0)
+            coefs = [j.coef for j in jobs if j.coef is not None]
+            metrics["adv/coef_mean"] = float(torch.cat(coefs).mean()) if coefs else 0.0
+        elif "adv/coef_mean_pref" in metrics:  # reward-shaping ablations: the coefficient is still reported
+            metrics["adv/coef_mean"] = metrics["adv/coef_mean_pref"]
+
+    def _passes(self, jobs, passes, step_jobs, norms, weights, weighted, extremes, totals, adversarial) -> None:
+        lc, world = self.cfg.loss, self.acc.num_processes
         for i in range(passes):
             job = jobs[i] if i < len(jobs) else None
             last = i == passes - 1
@@ -215,23 +277,6 @@ class Trainer:
             for k, v in terms.items():
                 totals[f"loss/{k}"] = totals.get(f"loss/{k}", 0.0) + float(v.detach())
             totals["loss/total"] = totals.get("loss/total", 0.0) + float(loss.detach())
-        with timed(metrics, "optimizer"):
-            if cfg.train.max_grad_norm > 0:
-                gn = self.acc.clip_grad_norm_(self.policy.parameters(), cfg.train.max_grad_norm)
-                metrics["grad_norm"] = float(gn)
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
-        # each process holds (its share of the global sum) * world; the mean over processes is the global loss
-        metrics.update(totals)
-        metrics.update({k: s / w for k, (s, w) in weighted.items() if w > 0})
-        metrics.update(extremes)
-        if "loss/pref_adv" in totals or "loss/sft_adv" in totals:
-            metrics["loss/adv"] = totals.get("loss/sft_adv", 0.0) + totals.get("loss/pref_adv", 0.0)
-            coefs = [j.coef for j in jobs if j.coef is not None]
-            metrics["adv/coef_mean"] = float(torch.cat(coefs).mean()) if coefs else 0.0
-        elif "adv/coef_mean_pref" in metrics:  # reward-shaping ablations: the coefficient is still reported
-            metrics["adv/coef_mean"] = metrics["adv/coef_mean_pref"]
 
     def optimise(self, step_jobs: StepJobs, metrics: dict[str, float]) -> None:
         """The step's updates. Pass 1 trains every term of the objective on the step's jobs. With
@@ -300,23 +345,34 @@ class Trainer:
         return out
 
     # ------------------------------------------------------------------ checkpoints
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The policy's full (unsharded) state dict, or None when `self.saved_model` can save itself (no
+        sharding). A collective under FSDP / ZeRO-3: every process calls it."""
+        if not is_sharded(self.acc):
+            return None
+        return full_model_state_dict(self.acc, self.policy)
+
     def save(self, step: int) -> Path | None:
+        """checkpoints/step-N: weights (LoRA: the adapters), tokenizer, optimizer, scheduler, RNG. Under FSDP the
+        full state dicts are gathered (on every process) and the main process writes them."""
         path = None
         self.acc.wait_for_everyone()
+        full = self.full_state_dict()
+        optim = full_optimizer_state_dict(self.acc, self.policy, self.optimizer)
         if self.acc.is_main_process:
             extra = {}
             if self.discriminator is not None:
                 extra["discriminator"] = self.discriminator.state_dict()
-            path = save_checkpoint(self.stage_dir / "checkpoints", step, model=self.model, tokenizer=self.tokenizer,
-                                   optimizer=self.optimizer, scheduler=self.scheduler, extra=extra,
-                                   keep=self.cfg.train.keep_checkpoints)
+            path = save_checkpoint(self.stage_dir / "checkpoints", step, model=_Saving(self.saved_model, full),
+                                   tokenizer=self.tokenizer, optimizer=_State(optim), scheduler=self.scheduler,
+                                   extra=extra, keep=self.cfg.train.keep_checkpoints)
         self.acc.wait_for_everyone()
         return path
 
     def restore(self, ckpt: Path) -> None:
         """Optimizer, scheduler, RNG and step from `ckpt` (weights were loaded when the model was built)."""
         state = load_trainer_state(ckpt)
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_full_optimizer_state_dict(self.acc, self.policy, self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         if self.discriminator is not None and state.get("discriminator"):
@@ -332,7 +388,8 @@ class Trainer:
             m = self.step()
             step = self.step_idx
             if cfg.eval.every and eval_fn is not None and step % cfg.eval.every == 0 and step < cfg.train.steps:
-                m.update({f"eval/{k}": v for k, v in eval_fn(self.model).items()})
+                with self.gathered():
+                    m.update({f"eval/{k}": v for k, v in eval_fn(self.model).items()})
             if self.acc.is_main_process and (step % max(cfg.train.log_every, 1) == 0 or step == cfg.train.steps):
                 row = {"step": step, "stage": stage or cfg.algorithm, **{k: _round(v) for k, v in sorted(m.items())}}
                 with open(metrics_path, "a") as f:
@@ -345,6 +402,33 @@ class Trainer:
         bar.close()
         return self.step_idx
 
+
+
+class _Saving:
+    """`model.save_pretrained` with a gathered full state dict (sharded training), else as is. A PeftModel
+    saves only its adapters, whichever it is given."""
+
+    def __init__(self, model, state_dict):
+        self.model, self.state_dict = model, state_dict
+
+    def save_pretrained(self, path, **kwargs):
+        sd = self.state_dict
+        if sd is not None and is_peft_model(self.model):
+            from peft import get_peft_model_state_dict
+
+            prefix = "base_model.model."
+            sd = get_peft_model_state_dict(self.model, state_dict={prefix + k: v for k, v in sd.items()})
+        if sd is not None:
+            kwargs["state_dict"] = sd
+        self.model.save_pretrained(path, **kwargs)
+
+
+class _State:
+    def __init__(self, state):
+        self.state = state
+
+    def state_dict(self):
+        return self.state
 
 
 def _round(v: float) -> float:
