@@ -19,6 +19,28 @@ from typing import Any, Iterator
 import torch
 
 
+def enable_cpu_fsdp(acc) -> bool:
+    """Make a CPU (gloo) run launched with an FSDP config (`ACCELERATE_USE_FSDP=true`) shard with FSDP.
+
+    accelerate only turns FSDP on for accelerator backends; on CPUs it silently falls back to DDP
+    (`AcceleratorState` keeps MULTI_CPU). torch's FSDP runs on CPUs over gloo, so the state is switched to
+    FSDP here with the plugin the launcher's FSDP_* variables describe. True if it switched."""
+    import os
+
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true" or acc.distributed_type != DistributedType.MULTI_CPU:
+        return False
+    from accelerate.state import AcceleratorState, PartialState
+
+    acc.state.fsdp_plugin = FullyShardedDataParallelPlugin()
+    # both singletons' shared states: accelerate re-reads PartialState's (e.g. while preparing)
+    for shared in (AcceleratorState._shared_state, PartialState._shared_state):
+        shared["distributed_type"] = DistributedType.FSDP
+    acc.state.distributed_type = DistributedType.FSDP
+    return True
+
+
 def kind(acc) -> str:
     """"FSDP", "DEEPSPEED", "MULTI_GPU" (DDP), "MULTI_CPU" (DDP on gloo), "NO", ...: accelerate's name."""
     return str(getattr(acc.distributed_type, "value", acc.distributed_type))
@@ -74,6 +96,8 @@ def gathered_params(acc, wrapped: torch.nn.Module) -> Iterator[None]:
     # FSDP2: unshard every fully_shard module once and keep them unsharded between forwards (the decode
     # loop's forwards then gather nothing), then reshard and restore the modules' setting
     mods = _fsdp2_modules(wrapped)
+    if mods:
+        mods[0]._get_fsdp_state()._lazy_init()  # the root's (idempotent); its first forward would do it
     saved = []
     for m in mods:
         state = m._get_fsdp_state()
@@ -97,9 +121,11 @@ def _strip(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in sd.items()}
 
 
-def full_model_state_dict(acc, wrapped: torch.nn.Module, prefix: str = "model.") -> dict[str, torch.Tensor]:
-    """The full state dict of `wrapped`'s inner model on the CPU (every process; collective when sharded),
-    keys without `prefix` (the PolicyLogprobs wrapper's attribute)."""
+def full_model_state_dict(acc, wrapped: torch.nn.Module, prefix: str = "model.", *,
+                          every_process: bool = False) -> dict[str, torch.Tensor]:
+    """The full state dict of `wrapped`'s inner model on the CPU, keys without `prefix` (the PolicyLogprobs
+    wrapper's attribute). A collective when sharded; under FSDP only the main process receives it unless
+    `every_process`."""
     if not is_sharded(acc):
         inner = acc.unwrap_model(wrapped)
         return _strip({k: v.detach().cpu() for k, v in inner.state_dict().items()}, prefix)
@@ -107,8 +133,8 @@ def full_model_state_dict(acc, wrapped: torch.nn.Module, prefix: str = "model.")
         return _strip({k: v.cpu() for k, v in acc.get_state_dict(wrapped).items()}, prefix)
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    sd = get_model_state_dict(wrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return _strip(dict(sd), prefix)
+    sd = get_model_state_dict(wrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=not every_process))
+    return _strip({k: v.detach().cpu() for k, v in sd.items()}, prefix)
 
 
 def full_optimizer_state_dict(acc, wrapped: torch.nn.Module, optimizer) -> dict[str, Any]:

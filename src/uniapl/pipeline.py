@@ -188,7 +188,7 @@ def run_stage(cfg: Config, name: str, acc: Accelerator, stage_dir: Path, init_fr
     trainer.save(steps)
     acc.wait_for_everyone()
     model, saved = trainer.model, trainer.saved_model
-    full = trainer.full_state_dict()
+    full = trainer.full_state_dict(every_process=True)
     if full is not None:  # sharded: evaluate and save an unsharded copy of the trained weights (every process)
         model, _ = build_policy(cfg, str(ckpt) if ckpt else init_from)
         model.load_state_dict(full)
@@ -256,6 +256,7 @@ def run_training(cfg: Config, on_stage_end=None) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     acc = Accelerator(mixed_precision=cfg.train.mixed_precision, log_with=cfg.logging.report_to or None,
                       project_dir=str(out), cpu=not _has_accelerator())
+    distributed.enable_cpu_fsdp(acc)
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         if not cfg.resume and (out / "summary.json").exists():

@@ -62,6 +62,8 @@ class Trainer:
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.eval()  # training mode (dropout, checkpointing) only inside the update, see `update`
         self.policy = PolicyLogprobs(model)
+        # FSDP's transformer-based auto-wrap reads the module it is given: shard per decoder layer
+        self.policy._no_split_modules = getattr(model, "_no_split_modules", None)
         decay, no_decay = [], []
         for n, prm in model.named_parameters():
             if prm.requires_grad:
@@ -73,12 +75,12 @@ class Trainer:
         updates = tc.steps * max(1, cfg.loss.grpo.num_iterations if p.online else 1)
         self.scheduler = get_scheduler(tc.lr_scheduler, self.optimizer, num_warmup_steps=int(tc.warmup_ratio * updates),
                                        num_training_steps=max(updates, 1))
-        self.policy, self.optimizer, self.scheduler = accelerator.prepare(self.policy, self.optimizer, self.scheduler)
         self.ref_model = None
         needs_ref = (p.online and cfg.loss.grpo.beta > 0) or p.offline_preference
-        if needs_ref and self.peft is None:
-            ref = ref_model if ref_model is not None else copy.deepcopy(self.model)
+        if needs_ref and self.peft is None:  # copied before sharding: every process holds the whole reference
+            ref = ref_model if ref_model is not None else copy.deepcopy(model)
             self.ref_model = ref.to(self.acc.device).eval().requires_grad_(False)
+        self.policy, self.optimizer, self.scheduler = accelerator.prepare(self.policy, self.optimizer, self.scheduler)
         self.jobs = JobBuilder(cfg, p, tokenizer, sft_records=sft_records, pref_records=pref_records, eos_ids=eos_ids,
                                policy_model=lambda: self.model, accelerator=accelerator, ref_model=self.ref_model,
                                reference=self.reference if needs_ref else None, gathered=self.gathered)
@@ -345,12 +347,12 @@ class Trainer:
         return out
 
     # ------------------------------------------------------------------ checkpoints
-    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+    def full_state_dict(self, every_process: bool = False) -> dict[str, torch.Tensor] | None:
         """The policy's full (unsharded) state dict, or None when `self.saved_model` can save itself (no
         sharding). A collective under FSDP / ZeRO-3: every process calls it."""
         if not is_sharded(self.acc):
             return None
-        return full_model_state_dict(self.acc, self.policy)
+        return full_model_state_dict(self.acc, self.policy, every_process=every_process)
 
     def save(self, step: int) -> Path | None:
         """checkpoints/step-N: weights (LoRA: the adapters), tokenizer, optimizer, scheduler, RNG. Under FSDP the
