@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 
@@ -109,6 +109,9 @@ class TrainConfig:
     sft_batch_size: int = 8  # SFT-slice prompts per optimizer step (per process)
     pref_batch_size: int = 8  # preference-slice prompts per optimizer step (per process)
     gradient_accumulation_steps: int = 1  # micro-batches each slice is split into
+    # sort a slice's rows by length before splitting it into micro-batches, so that each micro-batch pads
+    # only to its own longest row (HF Trainer's name); the gradient is the same, the padding FLOPs are not
+    group_by_length: bool = False
     log_every: int = 1
     save_every: int = 0  # 0: only the final checkpoint
     keep_checkpoints: int = 2
@@ -137,6 +140,18 @@ class VLLMConfig:
 
 
 @dataclass
+class ImportanceSamplingConfig:
+    """Rollout correction (TRL's vllm_importance_sampling_*): weight the GRPO term by pi_theta / pi_sampler,
+    truncated or masked (`uniapl.losses.importance`). "auto": on for engines whose log-probs are not the
+    trainer's own (vLLM), off for the built-in engine, whose log-probs are the trainer's (tested to 1e-4)."""
+
+    correction: Union[bool, Literal["auto"]] = "auto"
+    mode: Literal["token_truncate", "token_mask", "sequence_truncate", "sequence_mask"] = "token_truncate"
+    clip_min: Optional[float] = None
+    clip_max: Optional[float] = 3.0
+
+
+@dataclass
 class RolloutConfig:
     engine: str = "hf"  # registered rollout engine: "hf" (built-in), "vllm"
     builtin: EngineOptions = field(default_factory=EngineOptions)  # options of engine "hf"
@@ -147,6 +162,7 @@ class RolloutConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
+    importance_sampling: ImportanceSamplingConfig = field(default_factory=ImportanceSamplingConfig)
 
 
 @dataclass
