@@ -56,6 +56,9 @@ def convert_gguf(gguf_file: str | Path, output: str | Path, *, dtype: str = "flo
         model.config.__dict__.pop("quantization_config", None)
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp made it private; the folder is an ordinary output
         if out.exists():
             out.rmdir()  # empty (checked above)
         os.replace(tmp, out)
