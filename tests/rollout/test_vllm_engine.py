@@ -48,6 +48,10 @@ def engine(model):
     eng = build_engine("vllm", model=model, eos_token_ids=[EOS], pad_token_id=PAD,
                        options=VLLMConfig(kv_cache_gb=0.05, max_num_seqs=64), max_model_len=64)
     eng.sync_weights(model)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # vLLM's CPU worker replaces set_num_threads; the engine gives it back
+    assert torch.get_num_threads() == 2
+    torch.set_num_threads(threads)
     return eng
 
 

@@ -60,6 +60,9 @@ class VLLMEngine:
         from uniapl.config import VLLMConfig
 
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # read when the engine is built, not at import
+        # CPU: leave the process's OpenMP threads where they are (vLLM would pin them to cores of its choosing,
+        # and they are the trainer's threads too); set VLLM_CPU_OMP_THREADS_BIND to pin them anyway
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         try:
             from vllm import LLM
         except ImportError as e:
@@ -86,10 +89,16 @@ class VLLMEngine:
             kwargs["gpu_memory_utilization"] = opts.gpu_memory_utilization
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under accelerate/torchrun: one engine per process (TRL)
             kwargs["distributed_executor_backend"] = "external_launcher"
-        self.llm = LLM(model=self._config_dir.name, runner="generate", load_format="dummy", skip_tokenizer_init=True,
-                       generation_config="vllm", dtype=dtype, seed=opts.seed, enforce_eager=opts.enforce_eager,
-                       max_model_len=opts.max_model_len or max_model_len, max_num_seqs=opts.max_num_seqs,
-                       enable_prefix_caching=opts.enable_prefix_caching, logprobs_mode=opts.logprobs_mode, **kwargs)
+        set_num_threads = torch.set_num_threads
+        try:
+            self.llm = LLM(model=self._config_dir.name, runner="generate", load_format="dummy", skip_tokenizer_init=True,
+                           generation_config="vllm", dtype=dtype, seed=opts.seed, enforce_eager=opts.enforce_eager,
+                           max_model_len=opts.max_model_len or max_model_len, max_num_seqs=opts.max_num_seqs,
+                           enable_prefix_caching=opts.enable_prefix_caching, logprobs_mode=opts.logprobs_mode, **kwargs)
+        finally:
+            # vLLM's CPU worker replaces torch.set_num_threads process-wide (it pins its OpenMP threads); in the
+            # trainer's process the trainer and the built-in engine keep setting their own thread counts
+            torch.set_num_threads = set_num_threads
         self.sync_seconds = 0.0  # time of the last sync_weights
         self.sync_weights(model)
 
