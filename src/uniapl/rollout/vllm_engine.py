@@ -30,6 +30,7 @@ Request i is seeded with `params.seed + i`, so a step's samples are reproducible
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import time
@@ -89,6 +90,10 @@ class VLLMEngine:
             kwargs["gpu_memory_utilization"] = opts.gpu_memory_utilization
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under accelerate/torchrun: one engine per process (TRL)
             kwargs["distributed_executor_backend"] = "external_launcher"
+        # two warnings that do not apply here, with tracebacks: the chat-template warm-up (no tokenizer: prompts
+        # are token ids) and, at every sync, layers without checkpoint weights (rotary tables, kept as they are)
+        for name in ("vllm.renderers.base", "vllm.model_executor.model_loader.reload.layerwise"):
+            logging.getLogger(name).setLevel(logging.ERROR)
         set_num_threads = torch.set_num_threads
         try:
             self.llm = LLM(model=self._config_dir.name, runner="generate", load_format="dummy", skip_tokenizer_init=True,
