@@ -117,6 +117,15 @@ class TrainConfig:
     keep_checkpoints: int = 2
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
 
+    def __post_init__(self) -> None:
+        bad = [(k, ">= 0") for k in ("steps", "save_every", "keep_checkpoints", "log_every") if getattr(self, k) < 0]
+        bad += [(k, ">= 1") for k in ("sft_batch_size", "pref_batch_size", "gradient_accumulation_steps") if getattr(self, k) < 1]
+        bad += [("learning_rate", "> 0")] if not self.learning_rate > 0 else []
+        bad += [("warmup_ratio", "in [0, 1]")] if not 0.0 <= self.warmup_ratio <= 1.0 else []
+        if bad:
+            k, rule = bad[0]
+            raise ValueError(f"key 'train.{k}' must be {rule}, got {getattr(self, k)}")
+
 
 @dataclass
 class VLLMConfig:
@@ -233,6 +242,36 @@ class RewardConfig:
 
 
 @dataclass
+class VerifiersConfig:
+    # autoif:code isolation: "kernel" (bubblewrap namespaces + seccomp; refuses where the machine cannot)
+    # or "unsafe" (opt-in: model-written code runs without kernel isolation, loud warning); docs/verifiers.md
+    sandbox: Literal["kernel", "unsafe"] = "kernel"  # applied by pipeline.run_training (sandbox.configure)
+
+
+@dataclass
+class GeneralEvalConfig:
+    """lm-evaluation-harness tasks on the final model (`uniapl eval general`); off while `tasks` is empty.
+
+    The metrics land in the final stage's eval.after (and summary.json's) as general/<task>/<metric>.
+    """
+
+    tasks: list[str] = field(default_factory=list)  # lm-eval task/group names, e.g. [mmlu, gsm8k]
+    include_path: Optional[str] = None  # folder of extra YAML tasks (e.g. configs/lm_eval_tasks)
+    limit: Optional[int] = None  # documents per task
+    batch_size: int = 8
+    num_fewshot: Optional[int] = None
+    apply_chat_template: bool = False
+    builtin_tasks: bool = True  # False: only tasks under include_path (skips indexing lm-eval's own)
+    confirm_run_unsafe_code: bool = False  # humaneval / mbpp run model-written code, unsandboxed
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"key 'eval.general.limit' must be >= 1, got {self.limit}")
+        if self.batch_size < 1:
+            raise ValueError(f"key 'eval.general.batch_size' must be >= 1, got {self.batch_size}")
+
+
+@dataclass
 class EvalConfig:
     enabled: bool = True
     max_new_tokens: int = 64
@@ -241,6 +280,7 @@ class EvalConfig:
     every: int = 0  # evaluate every N steps during training (0: only before/after)
     before: bool = True  # evaluate the starting model too (eval.before in summary.json)
     save_responses: bool = True  # write the final evaluation's responses to eval_responses.jsonl
+    general: GeneralEvalConfig = field(default_factory=GeneralEvalConfig)
 
 
 @dataclass
@@ -262,13 +302,15 @@ class Config:
     algorithm: str = "unified"
     seed: int = 0
     output_dir: str = "runs/default"
-    resume: bool = False
+    resume: bool = False  # continue the run in output_dir from its last checkpoint
+    overwrite: bool = False  # replace the results of an earlier run in output_dir (else such a dir is refused)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    verifiers: VerifiersConfig = field(default_factory=VerifiersConfig)
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -279,6 +321,8 @@ class Config:
 
         if self.algorithm not in ALGORITHMS:
             raise ConfigError(f"key 'algorithm': unknown algorithm {self.algorithm!r}; allowed: {', '.join(ALGORITHMS)}")
+        if self.resume and self.overwrite:
+            raise ConfigError("keys 'resume' and 'overwrite': choose one (resume continues the run, overwrite replaces it)")
 
 
 def _line_map(text: str) -> dict[str, int]:

@@ -267,7 +267,8 @@ class Trainer:
         self.step_idx = int(state["step"])
 
     # ------------------------------------------------------------------ the loop
-    def train(self, metrics_path: Path, eval_fn=None, stage: str = "") -> int:
+    def train(self, metrics_path: Path, eval_fn=None, stage: str = "", on_step=None) -> int:
+        """Steps until train.steps; `on_step(step)`, if given, runs after each step is logged and saved."""
         cfg = self.cfg
         bar = tqdm(total=cfg.train.steps, initial=self.step_idx, desc=f"{cfg.algorithm}",
                    disable=not (cfg.logging.progress and self.acc.is_main_process), dynamic_ncols=True)
@@ -285,6 +286,8 @@ class Trainer:
             bar.update(1)
             if cfg.train.save_every and step % cfg.train.save_every == 0 and step < cfg.train.steps:
                 self.save(step)
+            if on_step is not None:
+                on_step(step)
         bar.close()
         return self.step_idx
 
