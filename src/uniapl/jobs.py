@@ -31,7 +31,7 @@ from uniapl.evaluation import decode_completions
 from uniapl.logprobs import completion_logprobs
 from uniapl.losses import group_advantages, kto_reference_point, sequence_logprobs
 from uniapl.preference import PairBuilder
-from uniapl.rollout import RolloutBatch, SamplingParams, build_engine
+from uniapl.rollout import RolloutBatch, SamplingParams, build_engine_from_config
 
 JOB_KINDS = ("sft", "adv_sft", "pref", "adv_pref", "dpo", "kto")
 
@@ -113,7 +113,7 @@ class JobBuilder:
         self.sft_batch_size = sft_batch_size(cfg, paradigm)
         self._prompt_cache: dict[int, list[int]] = {}
         self.step_idx = 0
-        self.engine = build_engine(cfg.rollout.engine, model=policy_model(), eos_token_ids=eos_ids, pad_token_id=self.pad_id)
+        self.engine = build_engine_from_config(cfg, policy_model(), eos_token_ids=eos_ids, pad_token_id=self.pad_id)
         self._ref_engine = None
         isc = cfg.rollout.importance_sampling.correction
         # the built-in engine's log-probs are the trainer's own (tests/core/test_logprobs_and_sampler.py)
@@ -242,11 +242,13 @@ class JobBuilder:
     def _reference_samples(self, records: list[Record], n: int, seed: int) -> list[list[str]]:
         """n answers per record sampled from the frozen reference policy (for building preference pairs)."""
         prompts = [pr for pr in self._prompt_ids(records) for _ in range(n)]
-        with self.reference() as ref:
+        with self.reference() as ref:  # LoRA: the adapter-disabled policy (merged_state_dict gives its base weights)
             if self._ref_engine is None:
-                self._ref_engine = build_engine(self.cfg.rollout.engine, model=ref, eos_token_ids=self.eos_ids,
-                                                pad_token_id=self.pad_id)
-                self._ref_engine.sync_weights(ref)
+                # an engine with its own weight copy (vLLM) samples the reference after a sync (every rollout
+                # syncs the policy back first); a second in-process vLLM would need a second KV cache
+                self._ref_engine = self.engine if getattr(self.engine, "holds_weights", False) else build_engine_from_config(
+                    self.cfg, ref, eos_token_ids=self.eos_ids, pad_token_id=self.pad_id)
+            self._ref_engine.sync_weights(ref)
             batch = self._ref_engine.generate(prompts, self._sampling(seed))
         texts = decode_completions(self.tokenizer, batch.completion_ids, batch.completion_mask, self.eos_ids)
         return [texts[i * n:(i + 1) * n] for i in range(len(records))]
