@@ -166,3 +166,27 @@ def test_missing_vllm_is_a_config_error(model, monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` raises ImportError
     with pytest.raises(ConfigError, match="rollout.engine.*needs vLLM"):
         build_engine("vllm", model=model, eos_token_ids=[EOS], pad_token_id=PAD)
+
+
+def test_lora_policy_syncs_its_merged_weights(engine):
+    """A PEFT policy: vLLM receives the adapters folded into the base weights, under the base model's names."""
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(_model(seed=2), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)  # non-zero adapters: the merged model differs from the base model
+    merged = _model(seed=2)
+    from uniapl.lora import merged_state_dict
+
+    merged.load_state_dict(merged_state_dict(peft_model))
+    try:
+        engine.sync_weights(peft_model)
+        params = SamplingParams(max_new_tokens=8, temperature=1.0, num_samples=2, seed=11)
+        got = engine.generate(PROMPTS, params)
+        m = got.completion_mask.bool()
+        assert (got.logprobs - _recompute(merged, got, 1.0)).abs()[m].max() < 0.05
+        assert (got.logprobs - _recompute(_model(seed=2), got, 1.0)).abs()[m].max() > 0.1  # not the base weights
+    finally:
+        engine.sync_weights(_model())

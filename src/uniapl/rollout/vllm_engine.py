@@ -112,7 +112,10 @@ class VLLMEngine:
     @torch.no_grad()
     def sync_weights(self, model: torch.nn.Module) -> None:
         t0 = time.perf_counter()
-        weights = [(name, t.detach()) for name, t in model.state_dict().items()]
+        from uniapl.lora import merged_state_dict
+
+        # with LoRA: the adapters folded into the base weights, under the base model's names (what vLLM loads)
+        weights = [(name, t.detach()) for name, t in merged_state_dict(model).items()]
 
         def reload(worker):
             worker.model_runner.reload_weights(weights_iterator=iter(weights))
