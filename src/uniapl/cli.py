@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("overrides", nargs="*", help="dotted overrides, e.g. output_dir=runs/exp seeds=[0] "
                                                 "select=[sft,grpo] overrides.train.sft_batch_size=4")
     e.set_defaults(func=_experiment)
-    for mod in ("uniapl.verifiers.cli", "uniapl.discriminators.cli", "uniapl.data.cli", "uniapl.eval_cli"):
+    for mod in ("uniapl.verifiers.cli", "uniapl.discriminators.cli", "uniapl.data.cli", "uniapl.eval_cli", "uniapl.convert"):
         try:
             module = __import__(mod, fromlist=["add_subparser"])
         except ModuleNotFoundError as e:

@@ -63,7 +63,9 @@ def convert(tp: Any, value: Any, key: str, where: Any) -> Any:
             try:
                 return convert(arg, value, key, where)
             except ConfigError as e:
-                errors.append(str(e))
+                errors.append(e)
+        if len(errors) == 1:  # Optional[X]: X's own message names the nested key that is wrong
+            raise errors[0]
         raise fail(f"got {value!r}; expected {_type_name(tp)}")
     if origin is Literal:
         allowed = get_args(tp)

@@ -117,11 +117,7 @@ def load_model(cfg: ModelConfig, path: str | None = None):
     if cfg.revision and path is None:
         kwargs["revision"] = cfg.revision
     with _load_errors(src, path):
-        model = AutoModelForCausalLM.from_pretrained(src, **kwargs)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.config.use_cache = False
-    return model
+        return AutoModelForCausalLM.from_pretrained(src, **kwargs)  # gradient checkpointing: uniapl.trainer
 
 
 def eos_token_ids(model, tokenizer) -> list[int]:

@@ -24,6 +24,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
+from uniapl import distributed
 from uniapl.algorithms import get_algorithm
 from uniapl.atomic import atomic_write_jsonl, atomic_write_text, fsync_dir, fsync_file
 from uniapl.config import Config, DataSource, dump_config, stage_configs
@@ -201,12 +202,38 @@ def _write_final(stage_dir: Path, model, tok, stage: str = "") -> Path:
     return final_dir
 
 
+def _policy_for_stage(cfg: Config, init_from: str | None, ckpt: Path | None):
+    """(model, tokenizer) a stage trains: the starting weights, or the resumed checkpoint's; with model.lora,
+    the starting weights + fresh adapters, or + the checkpoint's adapters."""
+    if cfg.model.lora is None:
+        return build_policy(cfg, str(ckpt) if ckpt else init_from)
+    from uniapl.lora import apply_lora, load_adapters
+
+    model, tok = build_policy(cfg, init_from)
+    return (load_adapters(model, ckpt) if ckpt else apply_lora(model, cfg.model.lora)), tok
+
+
+def _write_merged(trainer: Trainer, final_dir: Path, tok) -> None:
+    """final/merged/: the adapters folded into a plain HF model (written aside, then renamed). Main process."""
+    from uniapl.lora import save_merged
+
+    tmp, dst = final_dir / "merged.tmp", final_dir / "merged"
+    for d in (tmp, dst):
+        if d.exists():
+            shutil.rmtree(d)
+    save_merged(trainer.peft, tmp, tok)
+    os.replace(tmp, dst)
+
+
 def run_stage(cfg: Config, name: str, acc: Accelerator, stage_dir: Path, init_from: str | None,
               metrics_path: Path, on_stage_end=None, known_before: dict | None = None,
-              records: tuple[list[Record], list[Record], list[Record]] | None = None) -> dict[str, Any]:
+              records: tuple[list[Record], list[Record], list[Record]] | None = None,
+              merge_final: bool | None = None) -> dict[str, Any]:
     """Train one stage; returns its summary entry. Resumes from the stage's latest checkpoint if cfg.resume.
 
     `records`: the stage's (sft, pref, eval) records when already loaded and validated (`validate_run`).
+    `merge_final`: with LoRA, also write final/merged/ (default: model.lora.merge_final); a stage that another
+    follows always does, and its final_checkpoint is then final/merged (the next stage's start).
     """
     stage_dir.mkdir(parents=True, exist_ok=True)
     state_file = stage_dir / "stage_state.json"
@@ -218,7 +245,7 @@ def run_stage(cfg: Config, name: str, acc: Accelerator, stage_dir: Path, init_fr
     ckpt = find_resume_checkpoint(stage_dir) if cfg.resume else None
     if cfg.resume and acc.is_main_process:  # rows logged after the checkpoint are logged again below
         _truncate_metrics(metrics_path, name, int(ckpt.name.split("-")[1]) if ckpt else 0)
-    model, tok = build_policy(cfg, str(ckpt) if ckpt else init_from)
+    model, tok = _policy_for_stage(cfg, init_from, ckpt)
     model.to(acc.device)
     eos = eos_token_ids(model, tok)
     previous = json.loads(state_file.read_text()) if (cfg.resume and state_file.is_file()) else {}
@@ -233,7 +260,7 @@ def run_stage(cfg: Config, name: str, acc: Accelerator, stage_dir: Path, init_fr
             _atomic_write(state_file, json.dumps(state, indent=2))
     ref_model = None
     p = get_algorithm(cfg.algorithm)
-    if ckpt is not None and ((p.online and cfg.loss.grpo.beta > 0) or p.offline_preference):
+    if ckpt is not None and cfg.model.lora is None and ((p.online and cfg.loss.grpo.beta > 0) or p.offline_preference):
         ref_model, _ = build_policy(cfg, init_from)  # the reference is the stage's start, not the resumed weights
     trainer = Trainer(cfg, acc, model, tok, sft_records=sft, pref_records=pref, stage_dir=stage_dir, eos_ids=eos,
                       ref_model=ref_model)
@@ -261,14 +288,29 @@ def run_stage(cfg: Config, name: str, acc: Accelerator, stage_dir: Path, init_fr
         _atomic_write(state_file, json.dumps(state, indent=2))
     trainer.save(steps)
     acc.wait_for_everyone()
-    model = trainer.model
+    model, saved = trainer.model, trainer.saved_model
+    full = trainer.full_state_dict(every_process=True)
+    if full is not None:  # sharded: evaluate and save an unsharded copy of the trained weights (every process)
+        model, _ = build_policy(cfg, str(ckpt) if ckpt else init_from)
+        model.load_state_dict(full)
+        model.to(acc.device).eval()
+        saved = model
     if on_stage_end is not None:
         on_stage_end(name, model, acc)
     fault_point("eval.after", name)
     after = _evaluate(cfg, acc, model, tok, ev, eos,
                       responses_path=stage_dir / "eval_responses.jsonl" if cfg.eval.save_responses else None)
+    merged = cfg.model.lora is not None and (cfg.model.lora.merge_final if merge_final is None else merge_final)
     if acc.is_main_process:
-        _write_final(stage_dir, model, tok, name)
+        _write_final(stage_dir, saved, tok, name)
+        if merged and trainer.peft is not None:
+            _write_merged(trainer, final_dir, tok)
+    acc.wait_for_everyone()
+    from uniapl.lora import parameter_counts
+
+    trainable, total = parameter_counts(trainer.saved_model if full is None else model)
+    if full is not None:
+        trainable = total  # FSDP trains full weights (LoRA under sharding is not supported)
     entry = {
         "name": name,
         "algorithm": cfg.algorithm,
@@ -276,7 +318,9 @@ def run_stage(cfg: Config, name: str, acc: Accelerator, stage_dir: Path, init_fr
         "train_seconds": round(train_seconds, 2),
         "wall_seconds": round(time.time() - t_start, 2),
         "eval": {"before": before, "after": after},
-        "final_checkpoint": str(final_dir),
+        "final_checkpoint": str(final_dir / "merged" if merged else final_dir),
+        "trainable_parameters": trainable,
+        "total_parameters": total,
     }
     if acc.is_main_process:
         _atomic_write(stage_dir / "stage_summary.json", json.dumps(entry, indent=2))
@@ -407,6 +451,7 @@ def run_training(cfg: Config, on_stage_end=None) -> dict[str, Any]:
     stages = validate_run(cfg)
     acc = Accelerator(mixed_precision=cfg.train.mixed_precision, log_with=cfg.logging.report_to or None,
                       project_dir=str(out), cpu=not _has_accelerator())
+    distributed.enable_cpu_fsdp(acc)
     _prepare_output_dir(cfg, acc)
     if cfg.logging.report_to:
         acc.init_trackers(cfg.logging.project, config=json.loads(json.dumps(_flat(cfg), default=str)))
@@ -418,7 +463,7 @@ def run_training(cfg: Config, on_stage_end=None) -> dict[str, Any]:
         # the previous stage's final evaluation IS this stage's starting evaluation when both evaluate alike
         known = entries[-1]["eval"]["after"] if entries and _same_eval(stages[i - 1][1], scfg) else None
         entry = run_stage(scfg, name, acc, stage_dir, init_from, stage_metrics, on_stage_end, known_before=known,
-                          records=recs)
+                          records=recs, merge_final=True if i < len(stages) - 1 else None)
         entries.append(entry)
         init_from = entry["final_checkpoint"]
     last = entries[-1]
@@ -435,6 +480,9 @@ def run_training(cfg: Config, on_stage_end=None) -> dict[str, Any]:
         "stages": entries,
         "final_checkpoint": last["final_checkpoint"],
         "world_size": acc.num_processes,
+        "distributed": distributed.summary(acc),
+        "trainable_parameters": last.get("trainable_parameters"),
+        "total_parameters": last.get("total_parameters"),
     }
     if acc.is_main_process:
         _atomic_write(out / "summary.json", json.dumps(summary, indent=2))
