@@ -6,14 +6,14 @@
 Runs real `Trainer.step()` calls on the quickstart setting (configs/quickstart.yaml without its warm-up
 stage: the tiny Qwen3 built from config and randomly initialised, 8 SFT + 8 preference prompts, 4 samples per
 preference prompt; 64 new tokens, the issue's setting, unless --max-new-tokens says otherwise) and times each
-phase by wrapping the calls the trainer makes:
+phase from the `time/*_s` metrics the trainer reports for every step (`uniapl.jobs.timed`):
 
-    rollout         engine.generate (every rollout of the step, one call)
-    reward          uniapl.verifiers.verify
-    discriminator   discriminator.coefficients + discriminator.update
-    ref/old logp    completion_logprobs under no_grad (reference model, num_iterations > 1)
-    forward/backward  the update loop (policy forward, losses, backward) minus the optimiser
-    optimiser       grad clipping, optimizer.step, scheduler.step
+    rollout         time/rollout_s: weight sync + engine.generate (every rollout of the step, one call)
+    reward          time/reward_s: the verifiable rewards
+    discriminator   time/discriminator_s: discriminator.coefficients + discriminator.update
+    ref/old logp    time/ref_old_logprobs_s: no-grad log-probs (reference model, num_iterations > 1, DPO/KTO)
+    forward/backward  time/update_s - time/optimizer_s: the update loop (policy forward, losses, backward)
+    optimiser       time/optimizer_s: grad clipping, optimizer.step, scheduler.step
     other           the rest of the step (decoding texts, packing tensors, metrics)
 
 Prints a table of mean seconds and percent of the step; the last line is one JSON object.
@@ -102,71 +102,39 @@ def warm_up_checkers(records) -> None:
 
 
 class PhaseTimer:
-    """Wraps the trainer's calls to time each phase of a step; `calls` records the shapes the step ran."""
+    """Times each phase of a trainer's steps from the `time/*_s` metrics the step reports; `rollout_shapes` and
+    `policy_calls` record the shapes the step ran (benchmarks/grpo_step.py builds its lower bound from them)."""
 
     def __init__(self, trainer):
-        import uniapl.trainer as trainer_mod
-        import uniapl.verifiers as verifiers
-
         self.trainer = trainer
-        self.t: dict[str, float] = {}
         self.rollout_shapes: list[tuple[int, int, int]] = []  # (rows, prompt width, completion width)
         self.policy_calls: list[tuple[torch.Tensor, torch.Tensor, int]] = []  # (ids, attn, n_completion)
-        tr = trainer
-        self._wrap(tr.engine, "generate", "rollout", after=self._record_rollout)
-        self._wrap(verifiers, "verify", "reward")
-        if tr.discriminator is not None:
-            self._wrap(tr.discriminator, "coefficients", "discriminator")
-            self._wrap(tr.discriminator, "update", "discriminator")
-        self._wrap(trainer_mod, "completion_logprobs", "ref_old_logprobs")
-        self._wrap(tr.optimizer, "step", "optimiser")
-        self._wrap(tr.scheduler, "step", "optimiser")
-        self._wrap(tr.acc, "clip_grad_norm_", "optimiser")
-        orig_update = tr._update
+        engine, policy = trainer.engine, trainer.policy
+        generate, forward = engine.generate, policy.forward
 
-        def update(jobs, metrics):
-            t0 = time.perf_counter()
-            opt0 = self.t.get("optimiser", 0.0)
-            out = orig_update(jobs, metrics)
-            spent = time.perf_counter() - t0 - (self.t.get("optimiser", 0.0) - opt0)
-            self.t["forward_backward"] = self.t.get("forward_backward", 0.0) + spent
-            return out
+        def recorded_generate(*a, **k):
+            batch = generate(*a, **k)
+            self.rollout_shapes.append((batch.completion_ids.shape[0], batch.prompt_ids.shape[1],
+                                        batch.completion_ids.shape[1]))
+            return batch
 
-        tr._update = update
-        policy = tr.policy
-        orig_forward = policy.forward
-
-        def forward(ids, attn, n_completion, *a, **k):
+        def recorded_forward(ids, attn, n_completion, *a, **k):
             self.policy_calls.append((ids.detach().clone(), attn.detach().clone(), int(n_completion)))
-            return orig_forward(ids, attn, n_completion, *a, **k)
+            return forward(ids, attn, n_completion, *a, **k)
 
-        policy.forward = forward
-
-    def _wrap(self, obj, name: str, phase: str, after=None):
-        orig = getattr(obj, name)
-
-        def timed(*a, **k):
-            t0 = time.perf_counter()
-            out = orig(*a, **k)
-            self.t[phase] = self.t.get(phase, 0.0) + time.perf_counter() - t0
-            if after is not None:
-                after(out)
-            return out
-
-        setattr(obj, name, timed)
-        self._originals = getattr(self, "_originals", []) + [(obj, name, orig)]
-
-    def _record_rollout(self, batch) -> None:
-        self.rollout_shapes.append((batch.completion_ids.shape[0], batch.prompt_ids.shape[1], batch.completion_ids.shape[1]))
+        engine.generate = recorded_generate
+        policy.forward = recorded_forward
 
     def step(self) -> dict[str, float]:
         """One trainer step; returns seconds per phase (+ 'step')."""
-        self.t = {}
         self.rollout_shapes, self.policy_calls = [], []
         t0 = time.perf_counter()
-        self.trainer.step()
+        m = self.trainer.step()
         total = time.perf_counter() - t0
-        out = {p: self.t.get(p, 0.0) for p in PHASES if p != "other"}
+        t = lambda name: m.get(f"time/{name}_s", 0.0)  # noqa: E731
+        out = {"rollout": t("rollout"), "reward": t("reward"), "discriminator": t("discriminator"),
+               "ref_old_logprobs": t("ref_old_logprobs"), "forward_backward": max(t("update") - t("optimizer"), 0.0),
+               "optimiser": t("optimizer")}
         out["other"] = max(total - sum(out.values()), 0.0)
         out["step"] = total
         return out

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 
@@ -115,6 +115,18 @@ class TrainConfig:
 
 
 @dataclass
+class ImportanceSamplingConfig:
+    """Rollout correction (TRL's vllm_importance_sampling_*): weight the GRPO term by pi_theta / pi_sampler,
+    truncated or masked (`uniapl.losses.importance`). "auto": on for engines whose log-probs are not the
+    trainer's own (vLLM), off for the built-in engine, whose log-probs are the trainer's (tested to 1e-4)."""
+
+    correction: Union[bool, Literal["auto"]] = "auto"
+    mode: Literal["token_truncate", "token_mask", "sequence_truncate", "sequence_mask"] = "token_truncate"
+    clip_min: Optional[float] = None
+    clip_max: Optional[float] = 3.0
+
+
+@dataclass
 class RolloutConfig:
     engine: str = "hf"  # registered rollout engine
     num_generations: int = 4  # G responses per preference prompt
@@ -123,6 +135,7 @@ class RolloutConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
+    importance_sampling: ImportanceSamplingConfig = field(default_factory=ImportanceSamplingConfig)
 
 
 @dataclass

@@ -170,11 +170,11 @@ def test_register_algorithm_rejects_bad_paradigms():
 
 
 def test_chord_expert_share_sets_sft_rows():
-    from uniapl.trainer import _sft_batch_size
+    from uniapl.jobs import sft_batch_size
 
     cfg = load_config(None, ["algorithm=chord", "loss.chord.expert_share=0.2", "train.pref_batch_size=8",
                              "rollout.num_generations=4", "train.sft_batch_size=3"])
-    assert _sft_batch_size(cfg, get_algorithm("chord")) == 8  # 8 expert rows : 32 on-policy rows = 0.2 : 0.8
-    assert _sft_batch_size(cfg, get_algorithm("unified")) == 3  # only CHORD reads the share
+    assert sft_batch_size(cfg, get_algorithm("chord")) == 8  # 8 expert rows : 32 on-policy rows = 0.2 : 0.8
+    assert sft_batch_size(cfg, get_algorithm("unified")) == 3  # only CHORD reads the share
     with pytest.raises(Exception, match="expert_share"):
         load_config(None, ["loss.chord.expert_share=1.5"])

@@ -5,6 +5,7 @@ from uniapl.losses.aggregation import aggregate, default_normalizer, masked_mean
 from uniapl.losses.chord import chord_sft_loss, mu_schedule, phi_weights
 from uniapl.losses.dpo import dpo_loss, sequence_logprobs
 from uniapl.losses.grpo import group_advantages, grpo_loss, k3_kl
+from uniapl.losses.importance import rollout_importance_weights
 from uniapl.losses.kto import kto_loss, kto_reference_point
 from uniapl.losses.sft import sft_loss
 from uniapl.losses.unified import unified_objective
@@ -23,6 +24,7 @@ __all__ = [
     "masked_mean",
     "mu_schedule",
     "phi_weights",
+    "rollout_importance_weights",
     "sequence_logprobs",
     "sft_loss",
     "unified_objective",

@@ -59,11 +59,14 @@ def grpo_loss(
     eps_high: float = 0.2,
     aggregation: Aggregation = "token_mean",
     normalizer: float | None = None,
+    importance_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """L_GRPO = -(J_CLIP - beta * KL).
 
     Per token:  ratio = exp(logp - logp_old)
-                l_t = -min(ratio * A, clip(ratio, 1 - eps_low, 1 + eps_high) * A) + beta * k3(logp, ref)
+                l_t = -w_t * min(ratio * A, clip(ratio, 1 - eps_low, 1 + eps_high) * A) + beta * k3(logp, ref)
+    w_t = 1, or the rollout-correction weight pi_theta / pi_sampler (`importance.rollout_importance_weights`) when the
+    rollouts came from an engine whose log-probs are not the trainer's (TRL applies it at the same place).
 
     Args:
         logprobs: [B, T] log-probs of the sampled tokens under the current policy (with grad).
@@ -72,6 +75,7 @@ def grpo_loss(
         advantages: [B] one advantage per response (see `group_advantages`).
         mask: [B, T] completion mask.
         ref_logprobs: [B, T] under the frozen reference; required when beta > 0.
+        importance_weights: [B, T] or [B, 1] rollout-correction weights (no grad), or None.
     Returns: (loss, metrics) with TRL's names: kl, clip_ratio/low_mean, clip_ratio/high_mean,
         clip_ratio/region_mean.
     """
@@ -82,6 +86,8 @@ def grpo_loss(
     unclipped = ratio * adv
     clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * adv
     per_token = -torch.minimum(unclipped, clipped)
+    if importance_weights is not None:
+        per_token = per_token * importance_weights.detach().to(per_token.dtype)
     metrics: dict[str, float] = {}
     if beta > 0:
         kl = k3_kl(logprobs, ref_logprobs.detach())

@@ -52,6 +52,10 @@ class RolloutBatch:
 
 
 class RolloutEngine(Protocol):
+    # True when RolloutBatch.logprobs equal the trainer's recomputation (then rollout.importance_sampling
+    # "auto" applies no correction); engines with their own kernels or weight copies (vLLM) leave it False
+    logprobs_match_trainer: bool
+
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> RolloutBatch: ...
 
     def sync_weights(self, model: torch.nn.Module) -> None:

@@ -202,6 +202,9 @@ def _prefill(stepper, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class KVCacheEngine:
     """The built-in engine: samples from the live policy in the trainer's process (no weight sync needed)."""
 
+    # its log-probs are the trainer's own (same model, same kernels): no rollout correction needed
+    logprobs_match_trainer = True
+
     def __init__(self, model: torch.nn.Module, *, eos_token_ids: list[int], pad_token_id: int,
                  options: EngineOptions | None = None, **option_kwargs):
         self.model = model
