@@ -63,12 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from uniapl.config_schema import ConfigError
     from uniapl.data.loaders import DataError
+    from uniapl.rewards import RewardError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, RewardError) as e:
         print(f"uniapl: error: {e}", file=sys.stderr)
         return 2
 
