@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?= -q -n 2 --durations=15
 
-.PHONY: install quickstart test bench clean
+.PHONY: install system-deps quickstart test bench clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -12,7 +12,15 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
-install: $(VENV)/.installed
+# The AutoIF sandbox (docs/verifiers.md) needs bubblewrap and libseccomp; installed with apt when root.
+system-deps:
+	@if ! command -v bwrap >/dev/null 2>&1 || ! ldconfig -p 2>/dev/null | grep -q libseccomp.so.2; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap libseccomp2; \
+	  else echo "note: bubblewrap or libseccomp is missing: the AutoIF sandbox will refuse untrusted code"; fi; \
+	fi
+
+install: system-deps $(VENV)/.installed
 
 quickstart: install
 	$(VENV)/bin/uniapl train configs/quickstart.yaml $(ARGS)

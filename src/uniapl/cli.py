@@ -27,14 +27,6 @@ def _experiment(args: argparse.Namespace) -> int:
     return run_main(args.config, list(args.overrides))
 
 
-def _add_data_group(sub) -> None:
-    """``uniapl data ...``: dataset tools (``teacher``)."""
-    from uniapl.data.teacher import add_teacher_parser
-
-    d = sub.add_parser("data", help="dataset tools: teacher answers")
-    add_teacher_parser(d.add_subparsers(dest="data_command", required=True))
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="uniapl", description="Unified Adversarial Preference Learning for language models")
     sub = p.add_subparsers(dest="command", required=True)
@@ -48,8 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("overrides", nargs="*", help="dotted overrides, e.g. output_dir=runs/exp seeds=[0] "
                                                 "select=[sft,grpo] overrides.train.sft_batch_size=4")
     e.set_defaults(func=_experiment)
-    _add_data_group(sub)
-    for mod in ("uniapl.verifiers.cli", "uniapl.discriminators.cli"):
+    for mod in ("uniapl.verifiers.cli", "uniapl.discriminators.cli", "uniapl.data.cli", "uniapl.eval_cli"):
         try:
             module = __import__(mod, fromlist=["add_subparser"])
         except ModuleNotFoundError as e:

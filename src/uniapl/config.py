@@ -108,6 +108,9 @@ class TrainConfig:
     sft_batch_size: int = 8  # SFT-slice prompts per optimizer step (per process)
     pref_batch_size: int = 8  # preference-slice prompts per optimizer step (per process)
     gradient_accumulation_steps: int = 1  # micro-batches each slice is split into
+    # sort a slice's rows by length before splitting it into micro-batches, so that each micro-batch pads
+    # only to its own longest row (HF Trainer's name); the gradient is the same, the padding FLOPs are not
+    group_by_length: bool = False
     log_every: int = 1
     save_every: int = 0  # 0: only the final checkpoint
     keep_checkpoints: int = 2
@@ -226,6 +229,41 @@ class RewardConfig:
 
 
 @dataclass
+class VerifiersConfig:
+    # autoif:code isolation: "kernel" (bubblewrap namespaces + seccomp; refuses where the machine cannot)
+    # or "unsafe" (opt-in: model-written code runs without kernel isolation, loud warning); docs/verifiers.md
+    sandbox: Literal["kernel", "unsafe"] = "kernel"
+
+    def __post_init__(self) -> None:
+        from uniapl.verifiers.sandbox import configure
+
+        configure(self.sandbox)
+
+
+@dataclass
+class GeneralEvalConfig:
+    """lm-evaluation-harness tasks on the final model (`uniapl eval general`); off while `tasks` is empty.
+
+    The metrics land in the final stage's eval.after (and summary.json's) as general/<task>/<metric>.
+    """
+
+    tasks: list[str] = field(default_factory=list)  # lm-eval task/group names, e.g. [mmlu, gsm8k]
+    include_path: Optional[str] = None  # folder of extra YAML tasks (e.g. configs/lm_eval_tasks)
+    limit: Optional[int] = None  # documents per task
+    batch_size: int = 8
+    num_fewshot: Optional[int] = None
+    apply_chat_template: bool = False
+    builtin_tasks: bool = True  # False: only tasks under include_path (skips indexing lm-eval's own)
+    confirm_run_unsafe_code: bool = False  # humaneval / mbpp run model-written code, unsandboxed
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"key 'eval.general.limit' must be >= 1, got {self.limit}")
+        if self.batch_size < 1:
+            raise ValueError(f"key 'eval.general.batch_size' must be >= 1, got {self.batch_size}")
+
+
+@dataclass
 class EvalConfig:
     enabled: bool = True
     max_new_tokens: int = 64
@@ -234,6 +272,7 @@ class EvalConfig:
     every: int = 0  # evaluate every N steps during training (0: only before/after)
     before: bool = True  # evaluate the starting model too (eval.before in summary.json)
     save_responses: bool = True  # write the final evaluation's responses to eval_responses.jsonl
+    general: GeneralEvalConfig = field(default_factory=GeneralEvalConfig)
 
 
 @dataclass
@@ -262,6 +301,7 @@ class Config:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    verifiers: VerifiersConfig = field(default_factory=VerifiersConfig)
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)

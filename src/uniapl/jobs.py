@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -53,6 +53,17 @@ class Job:
     ref_seq: torch.Tensor | None = None  # dpo/kto: [rows] reference sequence log-probs
     labels: torch.Tensor | None = None  # kto: [rows] bool, True = desirable
     sampler_logprobs: torch.Tensor | None = None  # pref: [rows, T] the engine's, when rollout correction is on
+
+    def trimmed(self) -> "Job":
+        """The same job without the completion columns that are padding in every row (the prompt side is
+        trimmed by `batching.trim_padding` in the update)."""
+        width = int(self.cmask.sum(-1).max()) if self.cmask.numel() else 0
+        cut = self.cmask.shape[1] - width
+        if cut <= 0:
+            return self
+        per_token = {name: getattr(self, name)[:, :width] for name in
+                     ("cmask", "old_logprobs", "ref_logprobs", "sampler_logprobs") if getattr(self, name) is not None}
+        return replace(self, ids=self.ids[:, :-cut], attn=self.attn[:, :-cut], **per_token)
 
 
 @dataclass
@@ -178,6 +189,15 @@ class JobBuilder:
         return SamplingParams(max_new_tokens=rc.max_new_tokens, temperature=rc.temperature, top_p=rc.top_p,
                               top_k=rc.top_k, num_samples=1, seed=seed)
 
+    def _micro_batches(self, lengths: torch.Tensor) -> list:
+        """Row selections of a slice's micro-batches: contiguous slices, or with train.group_by_length index
+        tensors of rows sorted by length (each micro-batch then pads only to its own longest row)."""
+        parts = micro_slices(lengths.shape[0], self.cfg.train.gradient_accumulation_steps)
+        if not self.cfg.train.group_by_length:
+            return parts
+        order = torch.argsort(lengths, stable=True)
+        return [order[sl] for sl in parts]
+
     def _temperature(self) -> float:
         return self.cfg.rollout.temperature if self.cfg.rollout.temperature > 0 else 1.0
 
@@ -254,7 +274,7 @@ class JobBuilder:
             targets = [getattr(r, cfg.loss.sft_target) for r in recs]
             pairs = [self._encode(pr, t) for pr, t in zip(prompts, targets)]
             ids, attn, cmask = pack([a for a, _ in pairs], [b for _, b in pairs], self.pad_id)
-            for sl in micro_slices(len(recs), cfg.train.gradient_accumulation_steps):
+            for sl in self._micro_batches(attn.sum(-1)):
                 jobs.append(Job("sft", ids[sl], attn[sl], cmask[sl]))
             metrics["sft/target_length"] = float(cmask.sum(-1).float().mean())
             metrics["sft/rows"] = float(len(recs))
@@ -273,7 +293,7 @@ class JobBuilder:
         out.scored += list(zip([r for r in recs for _ in range(g)], texts))
         ids, attn = batch.sequences()
         return [Job(kind, ids[sl], attn[sl], batch.completion_mask[sl], temperature=self._temperature(), coef=coef[sl])
-                for sl in micro_slices(ids.shape[0], self.cfg.train.gradient_accumulation_steps)]
+                for sl in self._micro_batches(attn.sum(-1))]
 
     def _grpo_jobs(self, recs: list[Record], batch: RolloutBatch, metrics: dict[str, float], out: StepJobs) -> list[Job]:
         cfg, p, lc = self.cfg, self.paradigm, self.cfg.loss
@@ -321,7 +341,7 @@ class JobBuilder:
                     old_logprobs=None if old_lp is None else old_lp[sl],
                     ref_logprobs=None if ref_lp is None else ref_lp[sl],
                     sampler_logprobs=None if sampler_lp is None else sampler_lp[sl])
-                for sl in micro_slices(ids.shape[0], cfg.train.gradient_accumulation_steps)]
+                for sl in self._micro_batches(attn.sum(-1))]
 
     def _dpo_jobs(self, recs: list[Record], metrics: dict[str, float]) -> list[Job]:
         """Rows interleaved [chosen_0, rejected_0, chosen_1, ...]; a micro-batch never splits a pair."""
@@ -371,7 +391,7 @@ class JobBuilder:
         if not rows:
             return []
         return [Job("kto", ids[sl], attn[sl], cmask[sl], ref_seq=ref_seq[sl], labels=labels[sl])
-                for sl in micro_slices(n, self.cfg.train.gradient_accumulation_steps)]
+                for sl in self._micro_batches(attn.sum(-1))]
 
 
 def sft_batch_size(cfg: Config, p: Paradigm) -> int:

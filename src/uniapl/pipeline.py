@@ -214,6 +214,7 @@ def run_training(cfg: Config, on_stage_end=None) -> dict[str, Any]:
     model of each stage before its final evaluation.
     """
     t0 = time.time()
+    _check_general(stage_configs(cfg)[-1][1])
     out = Path(cfg.output_dir)
     acc = Accelerator(mixed_precision=cfg.train.mixed_precision, log_with=cfg.logging.report_to or None,
                       project_dir=str(out), cpu=not _has_accelerator())
@@ -250,6 +251,7 @@ def run_training(cfg: Config, on_stage_end=None) -> dict[str, Any]:
         entries.append(entry)
         init_from = entry["final_checkpoint"]
     last = entries[-1]
+    _general_eval(stages[-1][1], last, acc, Path(last["final_checkpoint"]).parent)
     last_responses = Path(last["final_checkpoint"]).parent / "eval_responses.jsonl"
     if acc.is_main_process and len(stages) > 1 and last_responses.is_file():
         shutil.copyfile(last_responses, out / "eval_responses.jsonl")
@@ -268,6 +270,53 @@ def run_training(cfg: Config, on_stage_end=None) -> dict[str, Any]:
     if cfg.logging.report_to:
         acc.end_training()
     return summary
+
+
+def _check_general(cfg: Config) -> None:
+    """eval.general mistakes that need no model: found before training, not after it."""
+    g = cfg.eval.general
+    if not g.tasks:
+        return
+    from uniapl.config_schema import ConfigError
+
+    if g.include_path is not None and not Path(g.include_path).is_dir():
+        raise ConfigError(f"key 'eval.general.include_path': folder not found: {g.include_path}")
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError:
+        raise ConfigError("key 'eval.general.tasks': lm-eval is not installed (pip install 'uniapl[eval]')") from None
+
+
+def _general_eval(cfg: Config, entry: dict[str, Any], acc: Accelerator, stage_dir: Path) -> None:
+    """eval.general: lm-eval tasks on the stage's final model, merged into entry["eval"]["after"] (main process).
+
+    Results also go to <stage>/eval_general.json; a resumed run that has them does not evaluate again.
+    """
+    g = cfg.eval.general
+    if not g.tasks or any(k.startswith("general/") for k in entry["eval"]["after"]):
+        return
+    if acc.is_main_process:
+        from uniapl.eval_general import GeneralEvalError, evaluate_general
+
+        try:
+            result = evaluate_general(entry["final_checkpoint"], g.tasks, include_path=g.include_path, limit=g.limit,
+                                      batch_size=g.batch_size, device=str(acc.device), num_fewshot=g.num_fewshot,
+                                      apply_chat_template=g.apply_chat_template, seed=cfg.seed,
+                                      builtin_tasks=g.builtin_tasks, confirm_run_unsafe_code=g.confirm_run_unsafe_code)
+        except GeneralEvalError as e:
+            from uniapl.config_schema import ConfigError
+
+            raise ConfigError(f"key 'eval.general': {e}") from None
+        _atomic_write(stage_dir / "eval_general.json", json.dumps(result, indent=2))
+        entry["eval"]["after"] = {**entry["eval"]["after"], **result["metrics"]}
+        _atomic_write(stage_dir / "stage_summary.json", json.dumps(entry, indent=2))
+    acc.wait_for_everyone()
+    if acc.num_processes > 1:  # every process returns the same summary
+        from accelerate.utils import broadcast_object_list
+
+        box = [entry["eval"]["after"]]
+        broadcast_object_list(box, from_process=0)
+        entry["eval"]["after"] = box[0]
 
 
 def _flat(cfg: Config) -> dict[str, Any]:

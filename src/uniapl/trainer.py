@@ -177,6 +177,7 @@ class Trainer:
             metrics["skipped_update"] = 1.0
             return
         for i, job in enumerate(jobs):
+            job = job.trimmed()
             ids, attn = trim_padding(job.ids, job.attn, job.cmask.shape[1])
             ids, attn, cmask = ids.to(self.acc.device), attn.to(self.acc.device), job.cmask.to(self.acc.device)
             last = i == len(jobs) - 1

@@ -29,6 +29,16 @@ SHORT = {
     "sampled_tokens": "sampled tokens",
 }
 COLUMNS = (*METRIC_KEYS, "mean_length", "length_w1", "logp_gap")
+GENERAL_PREFIX = "general/"  # eval.general's lm-eval metrics: extra columns when a run has them
+
+
+def general_columns(groups: list["Group"]) -> list[str]:
+    """The eval.general metric names (general/<task>/<metric>) any finished run reports, sorted."""
+    return sorted({k for g in groups for r in g.runs for k in r.eval if k.startswith(GENERAL_PREFIX)})
+
+
+def _short(k: str) -> str:
+    return SHORT.get(k, k[len(GENERAL_PREFIX):] if k.startswith(GENERAL_PREFIX) else k)
 
 
 @dataclass
@@ -111,10 +121,10 @@ def teacher_reference(base_cfg: dict, tokenizer_dir: Path | None) -> dict[str, A
     return {"lengths": lengths, "eval": m}
 
 
-def _row_values(g: Group, teacher_lengths: list[int] | None) -> None:
-    per_seed: dict[str, list[float]] = {k: [] for k in (*COLUMNS, "sampled_tokens", "train_minutes")}
+def _row_values(g: Group, teacher_lengths: list[int] | None, extra: tuple[str, ...] = ()) -> None:
+    per_seed: dict[str, list[float]] = {k: [] for k in (*COLUMNS, *extra, "sampled_tokens", "train_minutes")}
     for r in g.runs:
-        for k in METRIC_KEYS:
+        for k in (*METRIC_KEYS, *extra):
             per_seed[k].append(r.eval.get(k, math.nan))
         per_seed["mean_length"].append(sum(r.lengths) / len(r.lengths) if r.lengths else r.eval.get("mean_length_tokens", math.nan))
         per_seed["length_w1"].append(wasserstein_1d(r.lengths, teacher_lengths) if teacher_lengths and r.lengths else math.nan)
@@ -133,48 +143,50 @@ def _fmt(mean: float, ci: float, digits: int) -> str:
 
 
 def write_tables(out: Path, groups: list[Group], refs: list[tuple[str, dict[str, float]]], *, sweep_keys: list[str],
-                 caption: str) -> None:
+                 caption: str, extra: tuple[str, ...] = ()) -> None:
+    columns = (*COLUMNS, *extra)
     digits = {"mean_length": 1, "length_w1": 1, "logp_gap": 1}
     with (out / "table.csv").open("w", newline="") as f:
         w = csv.writer(f)
         head = ["method", *sweep_keys, "seeds"]
-        for k in (*COLUMNS, "sampled_tokens", "train_minutes"):
+        for k in (*columns, "sampled_tokens", "train_minutes"):
             head += [f"{k}_mean", f"{k}_ci95"]
         w.writerow(head)
         for g in groups:
             row: list[Any] = [g.label, *[g.sweep.get(k, "") for k in sweep_keys], len(g.runs)]
-            for k in (*COLUMNS, "sampled_tokens", "train_minutes"):
+            for k in (*columns, "sampled_tokens", "train_minutes"):
                 m, c = g.values.get(k, (math.nan, math.nan))
                 row += ["" if not math.isfinite(m) else round(m, 6), "" if not math.isfinite(c) else round(c, 6)]
             w.writerow(row)
         for name, vals in refs:
             row = [name, *["" for _ in sweep_keys], 1]
-            for k in (*COLUMNS, "sampled_tokens", "train_minutes"):
+            for k in (*columns, "sampled_tokens", "train_minutes"):
                 v = vals.get(k, math.nan)
                 row += ["" if v is None or not math.isfinite(v) else round(v, 6), ""]
             w.writerow(row)
-    cols = ["method", *[k.split(".")[-1] for k in sweep_keys], "seeds", *[SHORT[k] for k in COLUMNS], "sampled tokens"]
+    cols = ["method", *[k.split(".")[-1] for k in sweep_keys], "seeds", *[_short(k) for k in columns], "sampled tokens"]
     lines = [caption, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for g in groups:
         seeds = f"{len(g.runs)}" + (f"/{g.expected_seeds}" if len(g.runs) != g.expected_seeds else "")
         cells = [g.label, *[str(g.sweep.get(k, "")) for k in sweep_keys], seeds]
-        cells += [_fmt(*g.values[k], digits.get(k, 3)) for k in COLUMNS]
+        cells += [_fmt(*g.values[k], digits.get(k, 3)) for k in columns]
         cells.append(_fmt(g.values["sampled_tokens"][0], math.nan, 0))
         lines.append("| " + " | ".join(cells) + " |")
     for name, vals in refs:
         cells = [f"*{name}*", *["" for _ in sweep_keys], "–"]
-        cells += [_fmt(vals.get(k, math.nan), math.nan, digits.get(k, 3)) for k in COLUMNS]
+        cells += [_fmt(vals.get(k, math.nan), math.nan, digits.get(k, 3)) for k in columns]
         cells.append("–")
         lines.append("| " + " | ".join(cells) + " |")
     (out / "table.md").write_text("\n".join(lines) + "\n")
 
 
-def write_runs_csv(out: Path, groups: list[Group], teacher_lengths: list[int] | None, sweep_keys: list[str]) -> None:
+def write_runs_csv(out: Path, groups: list[Group], teacher_lengths: list[int] | None, sweep_keys: list[str],
+                   extra: tuple[str, ...] = ()) -> None:
     """runs.csv: one row per finished run (method, sweep values, seed): the numbers behind the table's means."""
     with (out / "runs.csv").open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["method", *sweep_keys, "seed", *METRIC_KEYS, "mean_length", "length_w1", "logp_gap",
-                    "sampled_tokens", "train_seconds"])
+                    "sampled_tokens", "train_seconds", *extra])
         for g in groups:
             for r in g.runs:
                 row: list[Any] = [g.label, *[g.sweep.get(k, "") for k in sweep_keys], r.seed]
@@ -183,6 +195,7 @@ def write_runs_csv(out: Path, groups: list[Group], teacher_lengths: list[int] | 
                 row.append(round(wasserstein_1d(r.lengths, teacher_lengths), 3) if (teacher_lengths and r.lengths) else "")
                 row.append(round(sum(r.gaps) / len(r.gaps), 3) if r.gaps else "")
                 row += [int(r.sampled_tokens), round(r.train_seconds, 1)]
+                row += [round(r.eval[k], 6) if k in r.eval else "" for k in extra]
                 w.writerow(row)
 
 
@@ -218,12 +231,13 @@ def write_report(exp, runs, out: Path, *, warmup_dir: Path | None, teacher_dir: 
     start = load_run(warmup_dir, 0) if warmup_dir is not None else None
     if t_lengths is None and teacher_model is not None and teacher_model.lengths:
         t_lengths = teacher_model.lengths  # no teacher answers in the data: the teacher model's are the reference
+    extra = tuple(general_columns(finished))
     for g in finished:
-        _row_values(g, t_lengths)
+        _row_values(g, t_lengths, extra)
     refs: list[tuple[str, dict[str, float]]] = []
     for name, rd in (("start (warm-up)", start), ("teacher model", teacher_model)):
         if rd is not None:
-            vals = {k: rd.eval.get(k, math.nan) for k in METRIC_KEYS}
+            vals = {k: rd.eval.get(k, math.nan) for k in (*METRIC_KEYS, *extra)}
             vals["mean_length"] = sum(rd.lengths) / len(rd.lengths) if rd.lengths else math.nan
             vals["length_w1"] = wasserstein_1d(rd.lengths, t_lengths) if (t_lengths and rd.lengths) else math.nan
             refs.append((name, vals))
@@ -239,8 +253,10 @@ def write_report(exp, runs, out: Path, *, warmup_dir: Path | None, teacher_dir: 
                f"mean ± 95% t-interval over seeds. Lengths in tokens (incl. EOS); length W1 = Wasserstein-1 "
                f"distance to the teacher answers' length distribution; log p_s - log p_t = mean log-likelihood gap "
                f"of sampled responses (student minus teacher model, nats).")
-    write_tables(out, finished, refs, sweep_keys=sweep_keys, caption=caption)
-    write_runs_csv(out, finished, t_lengths, sweep_keys)
+    if extra:
+        caption += " general/... columns: lm-eval tasks of eval.general on the final model."
+    write_tables(out, finished, refs, sweep_keys=sweep_keys, caption=caption, extra=extra)
+    write_runs_csv(out, finished, t_lengths, sweep_keys, extra)
     files = ["table.md", "table.csv", "runs.csv"]
     files += plots.plot_lengths(out / "lengths.png", finished, t_lengths, teacher_model.lengths if teacher_model else None)
     files += plots.plot_logp_gap(out / "logp_gap.png", finished)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .registry import checks_loose, get_checker, normalize_kwargs, takes_prompt, validate_spec
+from .sandbox import SandboxUnavailable
 
 __all__ = [
     "Verdict",
@@ -87,6 +88,8 @@ def _run(checker, instruction_id: str, text: str, kwargs: Mapping[str, Any]) -> 
         return False
     try:
         return bool(checker(text, **kwargs))
+    except SandboxUnavailable:  # no safe place to run untrusted code: the user must decide, not score 0
+        raise
     except Exception as e:  # a checker must never stop training: count it as not followed
         if instruction_id not in _warned:
             _warned.add(instruction_id)
