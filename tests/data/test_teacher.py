@@ -191,11 +191,11 @@ def test_server_verified_keep(vllm_server, tmp_path, capsys):
 
 def test_server_resume_after_sigkill(vllm_server, tmp_path):
     base_url, name = vllm_server
-    n = 40
+    n = 20
     inp = _write(tmp_path / "in.jsonl", _prompts(n))
     out = tmp_path / "out.jsonl"
     cmd = [sys.executable, "-m", "uniapl.cli", "data", "teacher", str(inp), "--output", str(out), "--base-url",
-           base_url, "--model", name, "--max-new-tokens", "48", "--temperature", "1.0", "--concurrency", "2",
+           base_url, "--model", name, "--max-new-tokens", "24", "--temperature", "1.0", "--concurrency", "2",
            "--no-progress"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
