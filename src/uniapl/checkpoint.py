@@ -9,12 +9,16 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from uniapl.atomic import fsync_dir, fsync_file
+from uniapl.faults import fault_point
 
 STATE_FILE = "trainer_state.pt"
 INFO_FILE = "trainer_state.json"
@@ -47,22 +51,33 @@ def save_checkpoint(directory: Path, step: int, *, model, tokenizer, optimizer, 
         tmp / STATE_FILE,
     )
     (tmp / INFO_FILE).write_text(json.dumps({"step": step}, indent=2))
-    with open(tmp / INFO_FILE) as f:  # make sure the data is on disk before the rename publishes it
-        os.fsync(f.fileno())
-    if final.exists():
-        shutil.rmtree(final)
+    for f in tmp.rglob("*"):  # every file on disk before the rename publishes the checkpoint
+        if f.is_file():
+            fsync_file(f)
+    fsync_dir(tmp)
+    fault_point("checkpoint.written")
+    old = directory / f"step-{step:06d}.old"
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():  # re-saving a step: move the complete one aside, never delete it before the new one is in
+        os.replace(final, old)
     os.replace(tmp, final)
+    fsync_dir(directory)
+    if old.exists():
+        shutil.rmtree(old)
     if keep > 0:
-        for old in list_checkpoints(directory)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        for stale in list_checkpoints(directory)[:-keep]:  # renamed first: a half-deleted one is never listed
+            aside = stale.with_name(stale.name + ".old")
+            os.replace(stale, aside)
+            shutil.rmtree(aside, ignore_errors=True)
     return final
 
 
 def list_checkpoints(directory: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (unfinished `.tmp` directories are ignored)."""
+    """Complete checkpoints, oldest first (unfinished `.tmp` and set-aside `.old` directories are ignored)."""
     if not directory.is_dir():
         return []
-    found = [p for p in directory.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp") and (p / INFO_FILE).is_file()]
+    found = [p for p in directory.glob("step-*") if p.is_dir() and re.fullmatch(r"step-\d+", p.name) and (p / INFO_FILE).is_file()]
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 

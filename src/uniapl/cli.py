@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import traceback
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -28,7 +30,8 @@ def _experiment(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="uniapl", description="Unified Adversarial Preference Learning for language models")
+    p = argparse.ArgumentParser(prog="uniapl", description="Unified Adversarial Preference Learning for language models",
+                                epilog="--debug (anywhere): also print the traceback of a user error (exit status 2)")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a model: uniapl train CONFIG [key=value ...]")
     t.add_argument("config", help="YAML config file (see configs/)")
@@ -40,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("overrides", nargs="*", help="dotted overrides, e.g. output_dir=runs/exp seeds=[0] "
                                                 "select=[sft,grpo] overrides.train.sft_batch_size=4")
     e.set_defaults(func=_experiment)
-    for mod in ("uniapl.verifiers.cli", "uniapl.discriminators.cli", "uniapl.data.cli", "uniapl.eval_cli"):
+    for mod in ("uniapl.verifiers.cli", "uniapl.discriminators.cli", "uniapl.data.cli", "uniapl.eval_cli", "uniapl.convert"):
         try:
             module = __import__(mod, fromlist=["add_subparser"])
         except ModuleNotFoundError as e:
@@ -52,17 +55,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from uniapl.config_schema import ConfigError
-    from uniapl.data.loaders import DataError
-    from uniapl.rewards import RewardError
+    """Run a command. A user's mistake (`uniapl.errors.UserError`: a config key, a data line, a path, a
+    server) is one line on stderr and exit status 2; `--debug` (anywhere on the line) or UNIAPL_DEBUG=1
+    also prints its traceback. Any other exception is a bug and keeps its traceback."""
+    from uniapl.errors import UserError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("UNIAPL_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, DataError, RewardError) as e:
-        print(f"uniapl: error: {e}", file=sys.stderr)
+    except UserError as e:
+        if debug:
+            traceback.print_exc()
+        print(f"uniapl {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"uniapl {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

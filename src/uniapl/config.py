@@ -18,6 +18,7 @@ import yaml
 from uniapl.config_schema import ConfigError, deep_merge, from_dict, set_dotted, to_dict
 from uniapl.data.synthetic import SyntheticTaskConfig
 from uniapl.discriminators.config import DiscriminatorConfig
+from uniapl.rollout.engine import EngineOptions
 
 ALGORITHM_NAMES = ("sft", "grpo", "a_sft", "a_grpo", "unified", "chord", "a_chord", "dpo", "a_dpo", "kto", "a_kto")
 
@@ -37,6 +38,31 @@ class EmbeddedModelConfig:
 
 
 @dataclass
+class LoraConfig:
+    """`model.lora`: train LoRA adapters (PEFT) instead of the full weights (`uniapl.lora`). The reference
+    policy is then the adapter-disabled model (no second copy); checkpoints and final/ hold the adapters,
+    and with merge_final also final/merged/, a plain model with the adapters folded in."""
+
+    r: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.0
+    target_modules: Any = "all-linear"  # "all-linear" or a list of module names (q_proj, v_proj, ...)
+    merge_final: bool = False
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ValueError(f"key 'model.lora.r' must be >= 1, got {self.r}")
+        if self.alpha <= 0:
+            raise ValueError(f"key 'model.lora.alpha' must be > 0, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"key 'model.lora.dropout' must be in [0, 1), got {self.dropout}")
+        t = self.target_modules
+        if not (t == "all-linear" or (isinstance(t, list) and t and all(isinstance(x, str) and x for x in t))):
+            raise ValueError(f"key 'model.lora.target_modules' must be 'all-linear' or a non-empty list of module "
+                             f"names, got {t!r}")
+
+
+@dataclass
 class ModelConfig:
     name_or_path: str = "embedded"  # "embedded", a hub id or a local path
     revision: Optional[str] = None
@@ -46,8 +72,9 @@ class ModelConfig:
     attn_implementation: Optional[str] = "sdpa"
     chat_template: Optional[str] = None  # Jinja template overriding the tokenizer's
     enable_thinking: bool = False  # passed to chat templates that know it (Qwen3)
-    think_prefix: str = "<think>\n\n</think>\n\n"  # masked out of SFT targets when the template emits it
-    gradient_checkpointing: bool = False
+    think_prefix: str = "<think>\n\n</think>\n\n"  # a target starting with it keeps ONE block, masked (data.chat)
+    gradient_checkpointing: bool = False  # recompute activations in the update (training mode); rollouts unaffected
+    lora: Optional[LoraConfig] = None
     embedded: EmbeddedModelConfig = field(default_factory=EmbeddedModelConfig)
 
 
@@ -91,7 +118,7 @@ class DataConfig:
     eval: Optional[DataSource] = field(default_factory=lambda: DataSource(path="synthetic:eval"))
     synthetic: SyntheticTaskConfig = field(default_factory=SyntheticTaskConfig)
     max_prompt_tokens: int = 256
-    max_response_tokens: int = 256  # SFT targets longer than this are truncated
+    max_response_tokens: int = 256  # target answers (SFT, DPO/KTO) are cut here; a cut answer ends without EOS
     pairs: PairsConfig = field(default_factory=PairsConfig)
 
 
@@ -116,6 +143,36 @@ class TrainConfig:
     keep_checkpoints: int = 2
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
 
+    def __post_init__(self) -> None:
+        bad = [(k, ">= 0") for k in ("steps", "save_every", "keep_checkpoints", "log_every") if getattr(self, k) < 0]
+        bad += [(k, ">= 1") for k in ("sft_batch_size", "pref_batch_size", "gradient_accumulation_steps") if getattr(self, k) < 1]
+        bad += [("learning_rate", "> 0")] if not self.learning_rate > 0 else []
+        bad += [("warmup_ratio", "in [0, 1]")] if not 0.0 <= self.warmup_ratio <= 1.0 else []
+        if bad:
+            k, rule = bad[0]
+            raise ValueError(f"key 'train.{k}' must be {rule}, got {getattr(self, k)}")
+
+
+@dataclass
+class VLLMConfig:
+    """rollout.engine: vllm, colocated in the trainer's process (uniapl.rollout.vllm_engine; README "vLLM")."""
+
+    gpu_memory_utilization: float = 0.3  # share of GPU memory for vLLM's weights + KV cache (CUDA)
+    kv_cache_gb: float = 1.0  # KV cache size on the CPU (vLLM's VLLM_CPU_KVCACHE_SPACE)
+    max_model_len: Optional[int] = None  # prompt + completion tokens; None: data.max_prompt_tokens + max_new_tokens
+    max_num_seqs: int = 256  # sequences decoded together
+    enforce_eager: bool = True  # no CUDA graphs / torch.compile (start-up in seconds; slower decode)
+    enable_prefix_caching: bool = True  # the G samples of a prompt share its prefill
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: the policy's dtype
+    seed: int = 0
+    logprobs_mode: Literal["processed_logprobs", "raw_logprobs"] = "processed_logprobs"
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError(f"key 'gpu_memory_utilization' must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.kv_cache_gb <= 0 or self.max_num_seqs < 1 or (self.max_model_len is not None and self.max_model_len < 2):
+            raise ValueError("keys 'kv_cache_gb' (> 0), 'max_num_seqs' (>= 1), 'max_model_len' (>= 2) out of range")
+
 
 @dataclass
 class ImportanceSamplingConfig:
@@ -131,7 +188,9 @@ class ImportanceSamplingConfig:
 
 @dataclass
 class RolloutConfig:
-    engine: str = "hf"  # registered rollout engine
+    engine: str = "hf"  # registered rollout engine: "hf" (built-in), "vllm"
+    builtin: EngineOptions = field(default_factory=EngineOptions)  # options of engine "hf"
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)  # options of engine "vllm"
     num_generations: int = 4  # G responses per preference prompt
     adv_num_generations: int = 1  # student samples per SFT prompt for the A-SFT adversarial term
     max_new_tokens: int = 64
@@ -143,12 +202,21 @@ class RolloutConfig:
 
 @dataclass
 class GRPOConfig:
-    beta: float = 0.0  # k3 KL coefficient; 0 loads no reference model
+    """GRPO's clipped surrogate + k3 KL to the frozen reference (the stage's starting weights).
+
+    beta: the KL coefficient; the paper's 0.001 (all its experiments) by default. `beta: 0` switches the
+        KL term off and loads no reference model (with `model.lora` the reference is free either way: it is
+        the adapter-disabled policy).
+    """
+
+    beta: float = 0.001
     eps_low: float = 0.2
     eps_high: float = 0.2
     advantage_scale: Literal["group", "batch", "none"] = "group"
     aggregation: Literal["token_mean", "seq_mean", "dr_grpo"] = "token_mean"
-    num_iterations: int = 1  # optimizer updates per rollout batch (ratio != 1 from the 2nd on)
+    # optimisation passes over each rollout batch (TRL's mu): pass 1 trains every term; passes 2..K the GRPO term
+    # alone, clipped ratio against the sampling log-probs (SFT/DPO/KTO/adversarial terms have no ratio: trained once)
+    num_iterations: int = 1
 
 
 @dataclass
@@ -232,12 +300,7 @@ class RewardConfig:
 class VerifiersConfig:
     # autoif:code isolation: "kernel" (bubblewrap namespaces + seccomp; refuses where the machine cannot)
     # or "unsafe" (opt-in: model-written code runs without kernel isolation, loud warning); docs/verifiers.md
-    sandbox: Literal["kernel", "unsafe"] = "kernel"
-
-    def __post_init__(self) -> None:
-        from uniapl.verifiers.sandbox import configure
-
-        configure(self.sandbox)
+    sandbox: Literal["kernel", "unsafe"] = "kernel"  # applied by pipeline.run_training (sandbox.configure)
 
 
 @dataclass
@@ -294,7 +357,8 @@ class Config:
     algorithm: str = "unified"
     seed: int = 0
     output_dir: str = "runs/default"
-    resume: bool = False
+    resume: bool = False  # continue the run in output_dir from its last checkpoint
+    overwrite: bool = False  # replace the results of an earlier run in output_dir (else such a dir is refused)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -312,6 +376,8 @@ class Config:
 
         if self.algorithm not in ALGORITHMS:
             raise ConfigError(f"key 'algorithm': unknown algorithm {self.algorithm!r}; allowed: {', '.join(ALGORITHMS)}")
+        if self.resume and self.overwrite:
+            raise ConfigError("keys 'resume' and 'overwrite': choose one (resume continues the run, overwrite replaces it)")
 
 
 def _line_map(text: str) -> dict[str, int]:

@@ -8,12 +8,15 @@ or "command line") and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
+from uniapl.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A config value or key is invalid. The message names the key, its origin and what is allowed."""
 
 
@@ -60,7 +63,9 @@ def convert(tp: Any, value: Any, key: str, where: Any) -> Any:
             try:
                 return convert(arg, value, key, where)
             except ConfigError as e:
-                errors.append(str(e))
+                errors.append(e)
+        if len(errors) == 1:  # Optional[X]: X's own message names the nested key that is wrong
+            raise errors[0]
         raise fail(f"got {value!r}; expected {_type_name(tp)}")
     if origin is Literal:
         allowed = get_args(tp)
@@ -134,6 +139,9 @@ def from_dict(cls: type, data: dict, *, prefix: str = "", where: Any = None) -> 
     except (TypeError, ValueError) as e:
         if isinstance(e, ConfigError):
             raise
+        named = re.match(r"key '([^']+)'", str(e))  # a __post_init__ check naming its key: point at that key
+        if named:
+            raise ConfigError(f"{where(named.group(1))}: {e}") from e
         raise ConfigError(f"{where(prefix or '<root>')}: {prefix or 'config'}: {e}") from e
 
 

@@ -27,12 +27,14 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from uniapl.errors import UserError
+
 __all__ = ["GeneralEvalError", "resolve_model", "evaluate_general", "flatten_results", "PREFIX"]
 
 PREFIX = "general"
 
 
-class GeneralEvalError(ValueError):
+class GeneralEvalError(UserError, ValueError):
     """A user error: unknown task, missing model, lm-eval not installed. The message says which."""
 
 

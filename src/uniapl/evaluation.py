@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from uniapl.data.chat import encode_prompt
+from uniapl.data.chat import encode_prompt, strip_think
 from uniapl.data.records import Record
 from uniapl.rollout import SamplingParams
 from uniapl.rollout.hf_sampler import sample
@@ -14,11 +14,12 @@ METRIC_KEYS = ("prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level
 
 def decode_completions(tokenizer, completion_ids: torch.Tensor, completion_mask: torch.Tensor,
                        eos_ids: list[int]) -> list[str]:
+    """The answers' texts, without EOS and without think blocks (what verifiers and discriminators judge)."""
     texts = []
     eos = set(eos_ids)
     for row, m in zip(completion_ids.tolist(), completion_mask.tolist()):
         toks = [t for t, keep in zip(row, m) if keep and t not in eos]
-        texts.append(tokenizer.decode(toks, skip_special_tokens=True))
+        texts.append(strip_think(tokenizer.decode(toks, skip_special_tokens=True)))
     return texts
 
 

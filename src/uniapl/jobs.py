@@ -25,14 +25,14 @@ import torch
 from uniapl.algorithms import Paradigm
 from uniapl.batching import micro_slices, pack, sample_indices, trim_padding
 from uniapl.config import Config
-from uniapl.data.chat import encode_prompt, encode_target
+from uniapl.data.chat import encode_prompt, encode_target, strip_think
 from uniapl.data.records import Record
 from uniapl.evaluation import decode_completions
 from uniapl.logprobs import completion_logprobs
 from uniapl.losses import group_advantages, kto_reference_point, sequence_logprobs
 from uniapl.preference import PairBuilder
 from uniapl.rewards import Rewards
-from uniapl.rollout import RolloutBatch, SamplingParams, build_engine
+from uniapl.rollout import RolloutBatch, SamplingParams, build_engine_from_config
 
 JOB_KINDS = ("sft", "adv_sft", "pref", "adv_pref", "dpo", "kto")
 
@@ -93,8 +93,11 @@ class JobBuilder:
 
     def __init__(self, cfg: Config, paradigm: Paradigm, tokenizer, *, sft_records: list[Record],
                  pref_records: list[Record], eos_ids: list[int], policy_model: Callable[[], torch.nn.Module],
-                 accelerator, ref_model=None):
-        """`policy_model()` returns the current (unwrapped) policy; `ref_model` is the frozen reference or None."""
+                 accelerator, ref_model=None, reference=None, gathered=None):
+        """`policy_model()` returns the current (unwrapped) policy; `ref_model` is the frozen reference or None.
+        `reference()`, if given, is a context yielding the reference to score/sample with (LoRA: the
+        adapter-disabled policy); `gathered()` a context in which the policy holds its full parameters
+        (sharded training; uniapl.distributed)."""
         self.cfg = cfg
         self.paradigm = paradigm
         self.tokenizer = tokenizer
@@ -105,10 +108,13 @@ class JobBuilder:
         self.policy_model = policy_model
         self.acc = accelerator
         self.ref_model = ref_model
+        self.reference = reference or (lambda: contextlib.nullcontext(self.ref_model))
+        self.has_reference = ref_model is not None or reference is not None
+        self.gathered = gathered or contextlib.nullcontext
         self.sft_batch_size = sft_batch_size(cfg, paradigm)
         self._prompt_cache: dict[int, list[int]] = {}
         self.step_idx = 0
-        self.engine = build_engine(cfg.rollout.engine, model=policy_model(), eos_token_ids=eos_ids, pad_token_id=self.pad_id)
+        self.engine = build_engine_from_config(cfg, policy_model(), eos_token_ids=eos_ids, pad_token_id=self.pad_id)
         self._ref_engine = None
         isc = cfg.rollout.importance_sampling.correction
         # the built-in engine's log-probs are the trainer's own (tests/core/test_logprobs_and_sampler.py)
@@ -218,8 +224,9 @@ class JobBuilder:
             spans[name] = (slice(start, start + len(prompts) * g), g)
             start += len(prompts) * g
         with timed(metrics, "rollout"):
-            self.engine.sync_weights(self.policy_model())
-            batch = self.engine.generate(expanded, self._sampling(self.seed()))
+            with self.gathered():
+                self.engine.sync_weights(self.policy_model())
+                batch = self.engine.generate(expanded, self._sampling(self.seed()))
         metrics["rollout/tokens"] = float(batch.completion_mask.sum())
         out = {}
         for name, (sl, g) in spans.items():
@@ -236,20 +243,25 @@ class JobBuilder:
 
     def _reference_samples(self, records: list[Record], n: int, seed: int) -> list[list[str]]:
         """n answers per record sampled from the frozen reference policy (for building preference pairs)."""
-        if self._ref_engine is None:
-            self._ref_engine = build_engine(self.cfg.rollout.engine, model=self.ref_model, eos_token_ids=self.eos_ids,
-                                            pad_token_id=self.pad_id)
-            self._ref_engine.sync_weights(self.ref_model)
         prompts = [pr for pr in self._prompt_ids(records) for _ in range(n)]
-        batch = self._ref_engine.generate(prompts, self._sampling(seed))
+        with self.reference() as ref:  # LoRA: the adapter-disabled policy (merged_state_dict gives its base weights)
+            if self._ref_engine is None:
+                # an engine with its own weight copy (vLLM) samples the reference after a sync (every rollout
+                # syncs the policy back first); a second in-process vLLM would need a second KV cache
+                self._ref_engine = self.engine if getattr(self.engine, "holds_weights", False) else build_engine_from_config(
+                    self.cfg, ref, eos_token_ids=self.eos_ids, pad_token_id=self.pad_id)
+            self._ref_engine.sync_weights(ref)
+            batch = self._ref_engine.generate(prompts, self._sampling(seed))
         texts = decode_completions(self.tokenizer, batch.completion_ids, batch.completion_mask, self.eos_ids)
         return [texts[i * n:(i + 1) * n] for i in range(len(records))]
 
     def _coefficients(self, records: list[Record], texts: list[str], reps: int, metrics: dict[str, float]
                       ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
         prompts = [r.prompt for r in records for _ in range(reps)]
-        teachers = [r.teacher for r in records for _ in range(reps)]
-        gts = [r.ground_truth for r in records for _ in range(reps)]
+        # the reference answers as the student's are judged: without think blocks (the paper's SFT targets
+        # start with the empty one; the student's rollouts are decoded without it)
+        teachers = [None if r.teacher is None else strip_think(r.teacher) for r in records for _ in range(reps)]
+        gts = [None if r.ground_truth is None else strip_think(r.ground_truth) for r in records for _ in range(reps)]
         with timed(metrics, "discriminator"):
             coef, raw, dm = self.discriminator.coefficients(prompts, texts, teachers=teachers, ground_truths=gts)
         return coef.float(), raw.float(), dm
@@ -331,10 +343,12 @@ class JobBuilder:
         cm = batch.completion_mask
         ref_lp = old_lp = None
         with timed(metrics, "ref_old_logprobs"), torch.no_grad():
-            if self.ref_model is not None:
-                ref_lp = completion_logprobs(self.ref_model, ids, attn, cm.shape[1], temperature=temp)
+            if self.has_reference:
+                with self.reference() as ref:
+                    ref_lp = completion_logprobs(ref, ids, attn, cm.shape[1], temperature=temp)
             if lc.grpo.num_iterations > 1:
-                old_lp = completion_logprobs(self.policy_model(), ids, attn, cm.shape[1], temperature=temp)
+                with self.gathered():
+                    old_lp = completion_logprobs(self.policy_model(), ids, attn, cm.shape[1], temperature=temp)
         sampler_lp = batch.logprobs if self.importance_correction and cfg.rollout.temperature > 0 else None
         return [Job("pref", ids[sl], attn[sl], cm[sl], temperature=temp, advantages=adv[sl],
                     coef=None if coef is None else coef[sl],
@@ -353,8 +367,8 @@ class JobBuilder:
             return []
         enc = [self._encode(pr, text) for pr, pair in keep for text in pair]
         ids, attn, cmask = pack([a for a, _ in enc], [b for _, b in enc], self.pad_id)
-        with timed(metrics, "ref_old_logprobs"):
-            ref_seq = self._sequence_logps(self.ref_model, ids, attn, cmask)
+        with timed(metrics, "ref_old_logprobs"), self.reference() as ref:
+            ref_seq = self._sequence_logps(ref, ids, attn, cmask)
         jobs = []
         for sl in micro_slices(len(keep), self.cfg.train.gradient_accumulation_steps):
             rows = slice(2 * sl.start, 2 * sl.stop)
@@ -377,12 +391,14 @@ class JobBuilder:
             ids, attn, cmask = pack([a for a, _ in enc], [b for _, b in enc], self.pad_id)
             labels = torch.tensor([lab for _, _, lab in rows], dtype=torch.bool)
             with timed(metrics, "ref_old_logprobs"):
-                ref_seq = self._sequence_logps(self.ref_model, ids, attn, cmask)
                 # KL reference point z on mismatched pairs (prompt i, completion of row i + 1)
                 mism = [(rows[i][0], enc[(i + 1) % n][1]) for i in range(n)]
                 mids, mattn, mmask = pack([a for a, _ in mism], [b for _, b in mism], self.pad_id)
-                diff = (self._sequence_logps(self.policy_model(), mids, mattn, mmask)
-                        - self._sequence_logps(self.ref_model, mids, mattn, mmask))
+                with self.reference() as ref:
+                    ref_seq = self._sequence_logps(ref, ids, attn, cmask)
+                    ref_mism = self._sequence_logps(ref, mids, mattn, mmask)
+                with self.gathered():
+                    diff = self._sequence_logps(self.policy_model(), mids, mattn, mmask) - ref_mism
             local_sum = float(diff.sum())
         total, count = self.global_sum(local_sum), self.global_sum(float(n))  # every process, rows or not
         z = kto_reference_point(torch.tensor([total / max(count, 1.0)]), torch.zeros(1))

@@ -7,12 +7,14 @@ Nothing is downloaded.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Iterable
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
 from uniapl.config import EmbeddedModelConfig, ModelConfig
+from uniapl.config_schema import ConfigError
 
 EMBEDDED = "embedded"
 
@@ -78,6 +80,16 @@ def build_embedded_model(tokenizer: PreTrainedTokenizerFast, cfg: EmbeddedModelC
     return model
 
 
+@contextlib.contextmanager
+def _load_errors(src: str, path: str | None):
+    """transformers' OSError for a missing / unreachable / malformed model -> one ConfigError naming the key."""
+    try:
+        yield
+    except OSError as e:
+        what = f"checkpoint {src}" if path is not None else f"key 'model.name_or_path': {src}"
+        raise ConfigError(f"{what} cannot be loaded: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+
+
 def load_tokenizer(cfg: ModelConfig, path: str | None = None):
     src = path or cfg.name_or_path
     kwargs = {"trust_remote_code": cfg.trust_remote_code}
@@ -85,7 +97,8 @@ def load_tokenizer(cfg: ModelConfig, path: str | None = None):
         kwargs["gguf_file"] = cfg.gguf_file
     if cfg.revision and path is None:
         kwargs["revision"] = cfg.revision
-    tok = AutoTokenizer.from_pretrained(src, **kwargs)
+    with _load_errors(src, path):
+        tok = AutoTokenizer.from_pretrained(src, **kwargs)
     if cfg.chat_template:
         tok.chat_template = cfg.chat_template
     if tok.pad_token is None:
@@ -103,11 +116,8 @@ def load_model(cfg: ModelConfig, path: str | None = None):
         kwargs["gguf_file"] = cfg.gguf_file
     if cfg.revision and path is None:
         kwargs["revision"] = cfg.revision
-    model = AutoModelForCausalLM.from_pretrained(src, **kwargs)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.config.use_cache = False
-    return model
+    with _load_errors(src, path):
+        return AutoModelForCausalLM.from_pretrained(src, **kwargs)  # gradient checkpointing: uniapl.trainer
 
 
 def eos_token_ids(model, tokenizer) -> list[int]:

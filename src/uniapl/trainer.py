@@ -28,6 +28,9 @@ from uniapl.algorithms import Paradigm, get_algorithm
 from uniapl.batching import trim_padding
 from uniapl.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, set_rng_state
 from uniapl.config import Config
+from uniapl.distributed import (full_model_state_dict, full_optimizer_state_dict, gathered_params, global_max, is_sharded,
+                                load_full_optimizer_state_dict)
+from uniapl.lora import is_peft_model, policy_module, reference_policy
 from uniapl.data.records import Record
 from uniapl.jobs import JOB_KINDS, Job, JobBuilder, StepJobs, timed
 from uniapl.logprobs import PolicyLogprobs
@@ -39,7 +42,8 @@ class Trainer:
     def __init__(self, cfg: Config, accelerator: Accelerator, model, tokenizer, *, sft_records: list[Record],
                  pref_records: list[Record], stage_dir: Path, eos_ids: list[int], ref_model=None):
         """`ref_model`: the frozen reference (the stage's starting weights) when the paradigm needs one;
-        by default a copy of `model` (pass it explicitly when `model` holds resumed weights)."""
+        by default a copy of `model` (pass it explicitly when `model` holds resumed weights). With a PEFT
+        `model` (model.lora) the reference is the adapter-disabled policy and no copy is made."""
         self.cfg = cfg
         self.acc = accelerator
         self.paradigm: Paradigm = get_algorithm(cfg.algorithm)
@@ -47,7 +51,19 @@ class Trainer:
         self.tokenizer = tokenizer
         self.stage_dir = stage_dir
         tc = cfg.train
+        self.peft = model if is_peft_model(model) else None  # adapters: what checkpoints hold
+        model = policy_module(model)
+        if cfg.model.gradient_checkpointing:
+            # non-reentrant: gradients reach the adapters even though the (frozen) inputs need no grad
+            enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.x's name
+            if enable is not None:
+                enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.eval()  # training mode (dropout, checkpointing) only inside the update, see `update`
         self.policy = PolicyLogprobs(model)
+        # FSDP's transformer-based auto-wrap reads the module it is given: shard per decoder layer
+        self.policy._no_split_modules = getattr(model, "_no_split_modules", None)
         decay, no_decay = [], []
         for n, prm in model.named_parameters():
             if prm.requires_grad:
@@ -59,18 +75,40 @@ class Trainer:
         updates = tc.steps * max(1, cfg.loss.grpo.num_iterations if p.online else 1)
         self.scheduler = get_scheduler(tc.lr_scheduler, self.optimizer, num_warmup_steps=int(tc.warmup_ratio * updates),
                                        num_training_steps=max(updates, 1))
-        self.policy, self.optimizer, self.scheduler = accelerator.prepare(self.policy, self.optimizer, self.scheduler)
         self.ref_model = None
-        if (p.online and cfg.loss.grpo.beta > 0) or p.offline_preference:
-            ref = ref_model if ref_model is not None else copy.deepcopy(self.model)
+        needs_ref = (p.online and cfg.loss.grpo.beta > 0) or p.offline_preference
+        if needs_ref and self.peft is None:  # copied before sharding: every process holds the whole reference
+            ref = ref_model if ref_model is not None else copy.deepcopy(model)
             self.ref_model = ref.to(self.acc.device).eval().requires_grad_(False)
+        self.policy, self.optimizer, self.scheduler = accelerator.prepare(self.policy, self.optimizer, self.scheduler)
         self.jobs = JobBuilder(cfg, p, tokenizer, sft_records=sft_records, pref_records=pref_records, eos_ids=eos_ids,
-                               policy_model=lambda: self.model, accelerator=accelerator, ref_model=self.ref_model)
+                               policy_model=lambda: self.model, accelerator=accelerator, ref_model=self.ref_model,
+                               reference=self.reference if needs_ref else None, gathered=self.gathered)
         self.step_idx = 0
 
     @property
     def model(self):
+        """The policy's Hugging Face model (LoRA: the base model, adapter layers injected)."""
         return self.acc.unwrap_model(self.policy).model
+
+    @property
+    def saved_model(self):
+        """What checkpoints and final/ save: the PeftModel (adapters) with LoRA, else the model."""
+        return self.peft if self.peft is not None else self.model
+
+    def gathered(self):
+        """Context in which `self.model` holds its full parameters on every process (sharded training:
+        for the decode loop and no-grad scoring, which run a different number of forwards per process)."""
+        return gathered_params(self.acc, self.policy)
+
+    @contextlib.contextmanager
+    def reference(self):
+        """The frozen reference policy: the adapter-disabled policy with LoRA, else the reference copy."""
+        if self.peft is None:
+            yield self.ref_model
+            return
+        with self.gathered(), reference_policy(self.peft) as ref:
+            yield ref
 
     @property
     def engine(self):
@@ -95,9 +133,10 @@ class Trainer:
     # ------------------------------------------------------------------ the update
     def _job_terms(self, job: Job, logp: torch.Tensor, cmask: torch.Tensor, norm: float,
                    acc_metrics: dict[str, list[float]], kto_z: torch.Tensor | float = 0.0,
-                   extremes: dict[str, float] | None = None) -> dict[str, torch.Tensor]:
+                   extremes: dict[str, float] | None = None, adversarial: bool = True) -> dict[str, torch.Tensor]:
         """The loss terms of one micro-batch (one slice), already aggregated with the step's normaliser.
-        `acc_metrics` accumulates weighted means, `extremes` the */max and */min metrics."""
+        `acc_metrics` accumulates weighted means, `extremes` the */max and */min metrics; `adversarial=False`
+        leaves out the adversarial term of GRPO jobs."""
         extremes = {} if extremes is None else extremes
         lc, gc, p = self.cfg.loss, self.cfg.loss.grpo, self.paradigm
         agg = gc.aggregation
@@ -135,7 +174,7 @@ class Trainer:
                 beta=gc.beta, eps_low=gc.eps_low, eps_high=gc.eps_high, aggregation=agg, normalizer=norm,
                 importance_weights=is_w)
             weigh(m, ("kl", "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean"), n_tok)
-            if job.coef is not None:
+            if job.coef is not None and adversarial:
                 terms["pref_adv"], _ = adversarial_loss(logp, cmask, job.coef.to(logp.device), aggregation=agg,
                                                         normalizer=norm)
         elif job.kind == "dpo":
@@ -155,9 +194,25 @@ class Trainer:
             raise ValueError(f"unknown job kind {job.kind!r}")
         return terms
 
-    def update(self, step_jobs: StepJobs, metrics: dict[str, float]) -> None:
-        """One optimizer step on `step_jobs`: forward/backward every job, clip, step."""
-        jobs = step_jobs.jobs
+    def _idle_loss(self) -> torch.Tensor:
+        """0 * the log-prob of a 2-token dummy sequence: a forward/backward with zero gradients, run by a process
+        with fewer jobs than the others so that every process joins every gradient collective (DDP's all-reduce,
+        FSDP's gathers and reduce-scatters) the same number of times."""
+        pad = self.jobs.pad_id
+        ids = torch.tensor([[pad, pad]], device=self.acc.device)
+        logp = self.policy(ids, torch.ones_like(ids), 1, 1.0)
+        return logp.sum() * 0.0
+
+    def update(self, step_jobs: StepJobs, metrics: dict[str, float], *, kinds: tuple[str, ...] | None = None,
+               adversarial: bool = True) -> None:
+        """One optimizer step on `step_jobs` (its jobs of `kinds`, if given): forward/backward every job, clip, step.
+
+        Every process runs the same number of forward/backward passes (the most jobs any process has; those
+        with fewer run zero-loss passes, see `_idle_loss`), and the optimizer step is skipped only when NO
+        process has a job, so a process with nothing to do never leaves the others waiting in a collective.
+        `adversarial=False` leaves out the adversarial term of GRPO jobs (passes 2.. of loss.grpo.num_iterations).
+        """
+        jobs = [j for j in step_jobs.jobs if kinds is None or j.kind in kinds]
         cfg, p = self.cfg, self.paradigm
         lc = cfg.loss
         world = self.acc.num_processes
@@ -173,24 +228,17 @@ class Trainer:
         weighted: dict[str, list[float]] = {}
         extremes: dict[str, float] = {}
         self.optimizer.zero_grad(set_to_none=True)
-        if not jobs:  # e.g. no preference pair could be built for this step's prompts
+        passes = len(jobs) if world == 1 else int(global_max(self.acc, len(jobs)))
+        if passes == 0:  # no process has a job (e.g. no preference pair could be built for any prompt)
             metrics["skipped_update"] = 1.0
             return
-        for i, job in enumerate(jobs):
-            job = job.trimmed()
-            ids, attn = trim_padding(job.ids, job.attn, job.cmask.shape[1])
-            ids, attn, cmask = ids.to(self.acc.device), attn.to(self.acc.device), job.cmask.to(self.acc.device)
-            last = i == len(jobs) - 1
-            ctx = self.acc.no_sync(self.policy) if (not last and world > 1) else contextlib.nullcontext()
-            with ctx:
-                logp = self.policy(ids, attn, cmask.shape[1], job.temperature)
-                # DDP averages gradients over processes
-                terms = self._job_terms(job, logp, cmask, norms[job.kind] / world, weighted, step_jobs.kto_z, extremes)
-                loss, _ = unified_objective(**terms, lambda_adv=lc.lambda_adv, weights=weights)
-                self.acc.backward(loss)
-            for k, v in terms.items():
-                totals[f"loss/{k}"] = totals.get(f"loss/{k}", 0.0) + float(v.detach())
-            totals["loss/total"] = totals.get("loss/total", 0.0) + float(loss.detach())
+        # training mode for the forward/backward passes only: transformers checkpoints activations only in
+        # training mode (model.gradient_checkpointing); rollouts and reference scoring run in eval mode
+        self.model.train()
+        try:
+            self._passes(jobs, passes, step_jobs, norms, weights, weighted, extremes, totals, adversarial)
+        finally:
+            self.model.eval()
         with timed(metrics, "optimizer"):
             if cfg.train.max_grad_norm > 0:
                 gn = self.acc.clip_grad_norm_(self.policy.parameters(), cfg.train.max_grad_norm)
@@ -209,14 +257,54 @@ class Trainer:
         elif "adv/coef_mean_pref" in metrics:  # reward-shaping ablations: the coefficient is still reported
             metrics["adv/coef_mean"] = metrics["adv/coef_mean_pref"]
 
+    def _passes(self, jobs, passes, step_jobs, norms, weights, weighted, extremes, totals, adversarial) -> None:
+        lc, world = self.cfg.loss, self.acc.num_processes
+        for i in range(passes):
+            job = jobs[i] if i < len(jobs) else None
+            last = i == passes - 1
+            ctx = self.acc.no_sync(self.policy) if (not last and world > 1) else contextlib.nullcontext()
+            with ctx:
+                if job is None:
+                    self.acc.backward(self._idle_loss())
+                    continue
+                job = job.trimmed()
+                ids, attn = trim_padding(job.ids, job.attn, job.cmask.shape[1])
+                ids, attn, cmask = ids.to(self.acc.device), attn.to(self.acc.device), job.cmask.to(self.acc.device)
+                logp = self.policy(ids, attn, cmask.shape[1], job.temperature)
+                # DDP averages gradients over processes
+                terms = self._job_terms(job, logp, cmask, norms[job.kind] / world, weighted, step_jobs.kto_z, extremes,
+                                        adversarial=adversarial)
+                loss, _ = unified_objective(**terms, lambda_adv=lc.lambda_adv, weights=weights)
+                self.acc.backward(loss)
+            for k, v in terms.items():
+                totals[f"loss/{k}"] = totals.get(f"loss/{k}", 0.0) + float(v.detach())
+            totals["loss/total"] = totals.get("loss/total", 0.0) + float(loss.detach())
+
+    def optimise(self, step_jobs: StepJobs, metrics: dict[str, float]) -> None:
+        """The step's updates. Pass 1 trains every term of the objective on the step's jobs. With
+        loss.grpo.num_iterations = K > 1 (TRL's mu), passes 2..K are further optimizer steps on the GRPO term
+        ALONE, over the same rollouts, with the clipped ratio against the log-probs they were sampled with
+        (`Job.old_logprobs`): the SFT, DPO/KTO and adversarial terms have no importance ratio, so they are
+        trained once per batch, on-policy. Pass 1's losses are the step's `loss/*`; the last pass's GRPO loss
+        and clip ratio are `loss/grpo_last_pass`, `clip_ratio/region_mean_last_pass`."""
+        self.update(step_jobs, metrics)
+        iterations = self.cfg.loss.grpo.num_iterations if self.paradigm.online else 1
+        for _ in range(1, iterations):
+            extra: dict[str, float] = {}
+            self.update(step_jobs, extra, kinds=("pref",), adversarial=False)
+            for k in ("loss/grpo", "clip_ratio/region_mean", "grad_norm"):
+                if k in extra:
+                    metrics[f"{k}_last_pass"] = extra[k]
+            metrics.update({k: v for k, v in extra.items() if k.startswith("time/")})
+        if iterations > 1:
+            metrics["grpo/passes"] = float(iterations)
+
     def step(self) -> dict[str, float]:
         t0 = time.perf_counter()
         metrics: dict[str, float] = {}
         step_jobs = self.jobs.build(self.step_idx, metrics)
         with timed(metrics, "update"):
-            iterations = self.cfg.loss.grpo.num_iterations if self.paradigm.online else 1
-            for _ in range(max(1, iterations)):
-                self.update(step_jobs, metrics)
+            self.optimise(step_jobs, metrics)
         if self.discriminator is not None and step_jobs.scored:
             teach = [(r, t) for r, t in step_jobs.scored if r.teacher is not None]
             if teach:
@@ -230,36 +318,63 @@ class Trainer:
         return self._reduce_metrics(metrics)
 
     def _reduce_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
-        """Mean over processes; */max and */min metrics take the max / min."""
+        """The mean over processes of each metric (*/max and */min: the max / min). Processes may report
+        different keys (one had no DPO pair, no KTO row): a key is averaged over the processes that report it,
+        except the `loss/*` totals, which each process reports as its share of the global sum (times world)
+        and a process without the term contributes 0 to."""
         if self.acc.num_processes == 1:
             return metrics
-        keys = sorted(metrics)
-        t = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=self.acc.device)
-        every = self.acc.gather(t).view(self.acc.num_processes, len(keys))
+        from accelerate.utils import gather_object
+
+        keys = sorted(set().union(*gather_object([sorted(metrics)])))
+        inf = float("inf")
+        rows = []
+        for k in keys:
+            present = k in metrics or k.startswith("loss/")
+            fill = -inf if k.endswith("/max") else inf if k.endswith("/min") else 0.0
+            rows.append([metrics.get(k, 0.0 if present else fill), float(present)])
+        t = torch.tensor(rows, dtype=torch.float64, device=self.acc.device)
+        every = self.acc.gather(t[None]).view(self.acc.num_processes, len(keys), 2)
         out = {}
         for i, k in enumerate(keys):
-            col = every[:, i]
-            out[k] = float(col.max() if k.endswith("/max") else col.min() if k.endswith("/min") else col.mean())
+            vals, seen = every[:, i, 0], every[:, i, 1]
+            if k.endswith("/max"):
+                out[k] = float(vals.max())
+            elif k.endswith("/min"):
+                out[k] = float(vals.min())
+            else:
+                out[k] = float(vals.sum() / max(float(seen.sum()), 1.0))
         return out
 
     # ------------------------------------------------------------------ checkpoints
+    def full_state_dict(self, every_process: bool = False) -> dict[str, torch.Tensor] | None:
+        """The policy's full (unsharded) state dict, or None when `self.saved_model` can save itself (no
+        sharding). A collective under FSDP / ZeRO-3: every process calls it."""
+        if not is_sharded(self.acc):
+            return None
+        return full_model_state_dict(self.acc, self.policy, every_process=every_process)
+
     def save(self, step: int) -> Path | None:
+        """checkpoints/step-N: weights (LoRA: the adapters), tokenizer, optimizer, scheduler, RNG. Under FSDP the
+        full state dicts are gathered (on every process) and the main process writes them."""
         path = None
         self.acc.wait_for_everyone()
+        full = self.full_state_dict()
+        optim = full_optimizer_state_dict(self.acc, self.policy, self.optimizer)
         if self.acc.is_main_process:
             extra = {}
             if self.discriminator is not None:
                 extra["discriminator"] = self.discriminator.state_dict()
-            path = save_checkpoint(self.stage_dir / "checkpoints", step, model=self.model, tokenizer=self.tokenizer,
-                                   optimizer=self.optimizer, scheduler=self.scheduler, extra=extra,
-                                   keep=self.cfg.train.keep_checkpoints)
+            path = save_checkpoint(self.stage_dir / "checkpoints", step, model=_Saving(self.saved_model, full),
+                                   tokenizer=self.tokenizer, optimizer=_State(optim), scheduler=self.scheduler,
+                                   extra=extra, keep=self.cfg.train.keep_checkpoints)
         self.acc.wait_for_everyone()
         return path
 
     def restore(self, ckpt: Path) -> None:
         """Optimizer, scheduler, RNG and step from `ckpt` (weights were loaded when the model was built)."""
         state = load_trainer_state(ckpt)
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_full_optimizer_state_dict(self.acc, self.policy, self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         if self.discriminator is not None and state.get("discriminator"):
@@ -267,7 +382,8 @@ class Trainer:
         self.step_idx = int(state["step"])
 
     # ------------------------------------------------------------------ the loop
-    def train(self, metrics_path: Path, eval_fn=None, stage: str = "") -> int:
+    def train(self, metrics_path: Path, eval_fn=None, stage: str = "", on_step=None) -> int:
+        """Steps until train.steps; `on_step(step)`, if given, runs after each step is logged and saved."""
         cfg = self.cfg
         bar = tqdm(total=cfg.train.steps, initial=self.step_idx, desc=f"{cfg.algorithm}",
                    disable=not (cfg.logging.progress and self.acc.is_main_process), dynamic_ncols=True)
@@ -275,7 +391,8 @@ class Trainer:
             m = self.step()
             step = self.step_idx
             if cfg.eval.every and eval_fn is not None and step % cfg.eval.every == 0 and step < cfg.train.steps:
-                m.update({f"eval/{k}": v for k, v in eval_fn(self.model).items()})
+                with self.gathered():
+                    m.update({f"eval/{k}": v for k, v in eval_fn(self.model).items()})
             if self.acc.is_main_process and (step % max(cfg.train.log_every, 1) == 0 or step == cfg.train.steps):
                 row = {"step": step, "stage": stage or cfg.algorithm, **{k: _round(v) for k, v in sorted(m.items())}}
                 with open(metrics_path, "a") as f:
@@ -285,9 +402,38 @@ class Trainer:
             bar.update(1)
             if cfg.train.save_every and step % cfg.train.save_every == 0 and step < cfg.train.steps:
                 self.save(step)
+            if on_step is not None:
+                on_step(step)
         bar.close()
         return self.step_idx
 
+
+
+class _Saving:
+    """`model.save_pretrained` with a gathered full state dict (sharded training), else as is. A PeftModel
+    saves only its adapters, whichever it is given."""
+
+    def __init__(self, model, state_dict):
+        self.model, self.state_dict = model, state_dict
+
+    def save_pretrained(self, path, **kwargs):
+        sd = self.state_dict
+        if sd is not None and is_peft_model(self.model):
+            from peft import get_peft_model_state_dict
+
+            prefix = "base_model.model."
+            sd = get_peft_model_state_dict(self.model, state_dict={prefix + k: v for k, v in sd.items()})
+        if sd is not None:
+            kwargs["state_dict"] = sd
+        self.model.save_pretrained(path, **kwargs)
+
+
+class _State:
+    def __init__(self, state):
+        self.state = state
+
+    def state_dict(self):
+        return self.state
 
 
 def _round(v: float) -> float:

@@ -103,7 +103,7 @@ def test_user_errors_name_function_and_record():
 def test_config_validates_functions(tmp_path, monkeypatch):
     cfgfile = tmp_path / "c.yaml"
     cfgfile.write_text("algorithm: grpo\nreward:\n  functions:\n    - nosuch_pkg_xyz.mod:f\n")
-    with pytest.raises(ConfigError, match=r"c.yaml:2.*reward.functions\[0\].*cannot import 'nosuch_pkg_xyz.mod'"):
+    with pytest.raises(ConfigError, match=r"c.yaml:4: key .reward.functions\[0\].*cannot import 'nosuch_pkg_xyz.mod'"):
         load_config(cfgfile)
     for spec, msg in [("uniapl.rewards.math:nope", "has no attribute 'nope'"),
                       ("uniapl.rewards.math:__all__", "is a list, not a function"),

@@ -204,9 +204,12 @@ def test_config_key_sets_the_mode(monkeypatch):
     monkeypatch.delenv("UNIAPL_SANDBOX", raising=False)
     monkeypatch.setattr(sandbox, "_configured_mode", None)
     try:
-        assert load_config(None, ["verifiers.sandbox=unsafe"]).verifiers.sandbox == "unsafe"
+        cfg = load_config(None, ["verifiers.sandbox=unsafe"])
+        assert cfg.verifiers.sandbox == "unsafe"
+        assert sandbox.sandbox_mode() == "kernel"  # loading a config changes nothing; running it does
+        sandbox.configure(cfg.verifiers.sandbox)  # what pipeline.run_training does first
         assert sandbox.sandbox_mode() == "unsafe"
-        load_config(None, [])
+        sandbox.configure(load_config(None, []).verifiers.sandbox)
         assert sandbox.sandbox_mode() == "kernel"
         with pytest.raises(ConfigError, match="verifiers.sandbox"):
             load_config(None, ["verifiers.sandbox=off"])

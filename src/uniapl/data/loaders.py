@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from uniapl.data.records import Record
+from uniapl.errors import UserError
 
 # record field -> column names accepted for it, first match wins
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -26,7 +27,7 @@ ALIASES: dict[str, tuple[str, ...]] = {
 }
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A data record is malformed or lacks what the algorithm needs; the message names file and line."""
 
 
@@ -97,16 +98,22 @@ def iter_jsonl(path: str | Path, error: type[Exception] = DataError) -> Iterator
     """
     p = Path(path)
     if not p.is_file():
-        raise error(f"file not found: {p}")
-    with p.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+        raise error(f"file not found: {p}" if not p.is_dir() else f"{p} is a directory, not a JSONL file")
+    with p.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            where = f"{p}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise error(f"{where}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})") from None
             if not line.strip():
                 continue
-            where = f"{p}:{lineno}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise error(f"{where}: not valid JSON: {e.msg}") from None
+            except RecursionError:
+                raise error(f"{where}: JSON nested too deeply") from None
             if not isinstance(row, dict):
                 raise error(f"{where}: expected a JSON object, got {type(row).__name__}")
             yield where, row

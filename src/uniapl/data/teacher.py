@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterable
 
 from uniapl.data.loaders import DataError, iter_jsonl, record_from_row
 from uniapl.data.records import Record
+from uniapl.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ OnAnswer = Callable[["Item", list, int], None]  # (record, sample texts, complet
 _THINK = re.compile(r"<think>.*?(</think>|\Z)\s*", re.DOTALL)
 
 
-class TeacherError(ValueError):
+class TeacherError(UserError, ValueError):
     """A bad input, option or an unreachable server: one message, exit status 2."""
 
 

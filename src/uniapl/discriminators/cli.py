@@ -100,9 +100,9 @@ def _discriminate(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - t0
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", encoding="utf-8") as fh:
-        for rec, r, c in zip(records, raw.tolist(), coef.tolist()):
-            fh.write(json.dumps({**rec, "raw": r, "coef": c}, ensure_ascii=False) + "\n")
+    from uniapl.atomic import atomic_write_jsonl
+
+    atomic_write_jsonl(out, [{**rec, "raw": r, "coef": c} for rec, r, c in zip(records, raw.tolist(), coef.tolist())])
     summary = {
         "discriminator": cfg.name, "transform": cfg.transform, "reference": cfg.reference, "n": len(records),
         "seconds": round(seconds, 4), "triples_per_second": round(len(records) / seconds, 2) if seconds > 0 else None,

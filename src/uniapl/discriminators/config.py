@@ -39,6 +39,8 @@ class ServerConfig:
     max_retries: int = 3  # retries after the first attempt
     backoff_s: float = 0.5  # first wait; doubles after each failure
     max_backoff_s: float = 8.0
+    max_total_s: float = 120.0  # all attempts of one request together (timeouts and waits), then an error
+    check_timeout_s: float = 10.0  # the check before any work (one tiny request, retried within this); 0: none
     api_key_env: Optional[str] = None  # name of an environment variable holding a bearer token
 
 

@@ -31,11 +31,12 @@ from typing import Any, Callable, Sequence
 import torch
 
 from uniapl.data.records import Record
+from uniapl.errors import UserError
 
 __all__ = ["RewardError", "RewardFunction", "Rewards", "load_function", "nanstd", "reward_metrics", "weighted_sum"]
 
 
-class RewardError(RuntimeError):
+class RewardError(UserError, RuntimeError):
     """User reward code failed (raised, or returned the wrong thing); the message names function and record."""
 
 

@@ -78,3 +78,16 @@ def build_engine(name: str, **kwargs) -> RolloutEngine:
     if name not in ENGINES:
         raise ValueError(f"unknown rollout engine {name!r}; registered: {', '.join(sorted(ENGINES))}")
     return ENGINES[name](**kwargs)
+
+
+def build_engine_from_config(cfg, model: torch.nn.Module, *, eos_token_ids: list[int], pad_token_id: int) -> RolloutEngine:
+    """The engine `cfg.rollout.engine` with its options from the config: `rollout.builtin` for "hf",
+    `rollout.vllm` for "vllm" (whose max_model_len defaults to data.max_prompt_tokens + rollout.max_new_tokens)."""
+    rc = cfg.rollout
+    kwargs: dict = {}
+    if rc.engine == "hf":
+        kwargs["options"] = rc.builtin
+    elif rc.engine == "vllm":
+        kwargs["options"] = rc.vllm
+        kwargs["max_model_len"] = cfg.data.max_prompt_tokens + rc.max_new_tokens
+    return build_engine(rc.engine, model=model, eos_token_ids=eos_token_ids, pad_token_id=pad_token_id, **kwargs)

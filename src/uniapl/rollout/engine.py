@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import torch
 
@@ -36,13 +37,23 @@ SMALL_DECODE_FLOPS = 5e8  # below this many FLOPs per decode forward, "auto" dec
 
 @dataclass
 class EngineOptions:
-    cache: str = "auto"  # "auto" | "static" | "dynamic" (see steppers.make_stepper)
+    cache: Literal["auto", "static", "dynamic"] = "auto"  # "auto" | "static" | "dynamic" (see steppers.make_stepper)
     dedup_prompts: bool = True  # prefill identical prompts once
     compact_fraction: float = 0.25  # drop finished rows once this share of the batch has finished (0: never)
     check_every: int = 0  # look at the finished rows every k tokens (a host sync on accelerators); 0: auto
-    decode_threads: int | str = "auto"  # "auto" | 0 (leave torch's setting) | n
+    decode_threads: Literal["auto"] | int = "auto"  # "auto" | 0 (leave torch's setting) | n
     flush_denormal: bool = True
     batch_size: int = 0  # prompts per generate call (0: all at once); bounds the KV cache's memory
+
+    def __post_init__(self) -> None:
+        if self.cache not in ("auto", "static", "dynamic"):
+            raise ValueError(f"key 'cache' must be 'auto', 'static' or 'dynamic', got {self.cache!r}")
+        if not (self.decode_threads == "auto" or (isinstance(self.decode_threads, int) and self.decode_threads >= 0)):
+            raise ValueError(f"key 'decode_threads' must be 'auto' or an integer >= 0, got {self.decode_threads!r}")
+        if not 0.0 <= self.compact_fraction < 1.0:
+            raise ValueError(f"key 'compact_fraction' must be in [0, 1), got {self.compact_fraction}")
+        if self.check_every < 0 or self.batch_size < 0:
+            raise ValueError(f"keys 'check_every' and 'batch_size' must be >= 0, got {self.check_every}, {self.batch_size}")
 
 
 def left_pad(prompts: list[list[int]], pad_id: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from uniapl.atomic import atomic_write_text
+
 from .registry import validate_spec
 from .scoring import ScoreError, format_report, join_specs, load_prompts, read_jsonl, score_records, summary, write_verdicts
 
@@ -29,7 +31,7 @@ def score(args: argparse.Namespace) -> int:
         write_verdicts(scored, args.output)
         print(f"\nverdicts: {args.output}")
     if args.metrics:
-        Path(args.metrics).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        atomic_write_text(args.metrics, json.dumps(result, indent=2) + "\n")
     return 0
 
 
@@ -48,7 +50,14 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    model, tok = load_model(args.model, gguf_file=args.gguf_file, dtype=args.dtype, device=args.device)
+    from uniapl.hub import check_source
+
+    try:  # a missing path or an unreachable hub: one line, not transformers' retries and tracebacks
+        check_source(args.model, "argument MODEL")
+        model, tok = load_model(args.model, gguf_file=args.gguf_file, dtype=args.dtype, device=args.device)
+    except OSError as e:
+        print(f"uniapl ifeval run: error: MODEL {args.model} cannot be loaded: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
     responses_path = out_dir / "responses.jsonl"
     responses = generate_responses(
         model, tok, prompts, responses_path,
@@ -67,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         "limit": args.limit, "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
         "temperature": args.temperature, "seed": args.seed, "dtype": args.dtype, "device": args.device, "threads": args.threads,
     }
-    (out_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(out_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
     print(format_report(result))
     print(f"\nwrote {responses_path}, {out_dir / 'verdicts.jsonl'}, {out_dir / 'metrics.json'}")
     return 0

@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from types import MappingProxyType, UnionType
 from typing import Any
 
-__all__ = ["CHECKERS", "register_checker", "get_checker", "validate_spec", "normalize_kwargs", "Param"]
+from uniapl.errors import UserError
+
+__all__ = ["CHECKERS", "register_checker", "get_checker", "validate_spec", "normalize_kwargs", "Param", "SpecError"]
 
 Checker = Callable[..., bool]
 
@@ -120,6 +122,10 @@ def register_checker(instruction_id: str, *, replace: bool = False, loose: bool 
     return decorator
 
 
+class SpecError(UserError, ValueError):
+    """An instruction spec (ids + kwargs) that cannot be checked; the message names the record."""
+
+
 class UnknownInstructionError(KeyError, ValueError):
     """An instruction id that no checker is registered for."""
 
@@ -207,7 +213,7 @@ def _problems(instruction_id: Any, kwargs: Any) -> list[str]:
 
 
 def validate_spec(instruction_id_list: Any, kwargs_list: Any, *, where: str = "") -> None:
-    """Raise ValueError, naming `where` (e.g. ``"data.jsonl:12"``), if the spec cannot be checked.
+    """Raise SpecError (a ValueError), naming `where` (e.g. ``"data.jsonl:12"``), if the spec cannot be checked.
 
     Bad: an unknown instruction id, a kwargs list of another length, a missing required kwarg, an
     unexpected kwarg, or a kwarg of the wrong type / outside its allowed values. None-valued kwargs
@@ -215,12 +221,12 @@ def validate_spec(instruction_id_list: Any, kwargs_list: Any, *, where: str = ""
     """
     prefix = f"{where}: " if where else ""
     if not isinstance(instruction_id_list, (list, tuple)):
-        raise ValueError(f"{prefix}instruction_id_list should be a list, got {type(instruction_id_list).__name__}")
+        raise SpecError(f"{prefix}instruction_id_list should be a list, got {type(instruction_id_list).__name__}")
     if kwargs_list is None:
         kwargs_list = [{}] * len(instruction_id_list)
     if not isinstance(kwargs_list, (list, tuple)) or len(kwargs_list) != len(instruction_id_list):
         n = len(kwargs_list) if isinstance(kwargs_list, (list, tuple)) else type(kwargs_list).__name__
-        raise ValueError(f"{prefix}kwargs should be a list of {len(instruction_id_list)} objects, got {n}")
+        raise SpecError(f"{prefix}kwargs should be a list of {len(instruction_id_list)} objects, got {n}")
     problems = [msg for iid, kw in zip(instruction_id_list, kwargs_list) for msg in _problems(iid, kw)]
     if problems:
-        raise ValueError(prefix + "; ".join(problems))
+        raise SpecError(prefix + "; ".join(problems))

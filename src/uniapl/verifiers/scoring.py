@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from uniapl.errors import UserError
+
 from .verify import Verdict, category_accuracies, ifeval_metrics, verify
 
 __all__ = [
@@ -31,7 +33,7 @@ __all__ = [
 IFEVAL_HUB_ID = "google/IFEval"
 
 
-class ScoreError(ValueError):
+class ScoreError(UserError, ValueError):
     """A record that cannot be scored (bad JSON, no response, no spec, bad spec); names the record."""
 
 
@@ -135,13 +137,16 @@ class Scored:
     verdict: Verdict
 
     def output_row(self) -> dict:
-        return {
+        row = {
             **self.record,
             "key": self.key,
             "instruction_id_list": self.instruction_id_list,
             "strict": self.verdict.strict,
             "loose": self.verdict.loose,
         }
+        if self.verdict.errors:  # checkers that gave no answer (time limit, crash): counted as not followed
+            row["checker_errors"] = {self.instruction_id_list[i]: e for i, e in sorted(self.verdict.errors.items())}
+        return row
 
 
 def score_records(joined: Iterable[dict]) -> list[Scored]:
@@ -157,18 +162,24 @@ def score_records(joined: Iterable[dict]) -> list[Scored]:
 
 
 def write_verdicts(scored: Iterable[Scored], path: str | Path) -> None:
+    """One JSON line per record, written atomically (a failure leaves the old file, never part of one);
+    strings UTF-8 cannot carry (lone surrogates from \\ud800-style escapes) stay JSON escapes."""
+    from uniapl.atomic import atomic_write_jsonl
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for s in scored:
-            f.write(json.dumps(s.output_row(), ensure_ascii=False) + "\n")
+    atomic_write_jsonl(path, [s.output_row() for s in scored])
 
 
 def summary(scored: Sequence[Scored]) -> dict:
     verdicts = [s.verdict for s in scored]
+    errors = [(s.where, s.instruction_id_list[i], e) for s in scored for i, e in sorted(s.verdict.errors.items())]
     return {
         "num_records": len(verdicts),
         "num_instructions": sum(len(v.strict) for v in verdicts),
+        "num_timed_out": sum(e.startswith("timed out") for _, _, e in errors),
+        "num_checker_errors": len(errors),
+        "checker_errors": [{"where": w, "instruction_id": i, "error": e} for w, i, e in errors[:20]],
         **ifeval_metrics(verdicts),
         "categories": category_accuracies(verdicts, [s.instruction_id_list for s in scored]),
     }
@@ -177,6 +188,10 @@ def summary(scored: Sequence[Scored]) -> dict:
 def format_report(result: dict) -> str:
     """The four metrics, then instruction-level accuracy per category and per instruction id."""
     lines = [f"records: {result['num_records']}  instructions: {result['num_instructions']}"]
+    if result.get("num_checker_errors"):
+        lines.append(f"WARNING: {result['num_checker_errors']} instruction verdicts have no answer from their checker "
+                     f"({result['num_timed_out']} timed out) and count as not followed; first: "
+                     + "; ".join(f"{e['where']} {e['instruction_id']}: {e['error'][:120]}" for e in result["checker_errors"][:3]))
     for k in ("prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loose_acc", "inst_level_loose_acc"):
         lines.append(f"{k:<24} {result[k]:.4f}")
     for level in ("category", "instruction"):

@@ -8,6 +8,10 @@
 * Word tokenization: ``nltk.word_tokenize`` re-assembled from the same parts (Punkt sentences, then
   NLTK's improved Treebank tokenizer), so it needs no NLTK data either.
 * Language detection: langdetect with seed 0 on every call (same text, same answer).
+* No time limits inside: NLTK (>= 3.10) runs every regex under a 5 s wall-clock limit meant for
+  caller-supplied patterns; on a response of a few megabytes its own fixed tokenizer patterns (linear:
+  `benchmarks/ifeval_long_responses.py` prints the scaling) exceed it and raise TimeoutError, which turned verdicts into a
+  silent "not followed". Our tokenizer calls lift the limit while they run (`_without_nltk_time_limit`).
 
 The analyses are cached by text: the loose variants of one response, and the several instructions of
 one prompt, ask the same questions about the same strings.
@@ -15,8 +19,10 @@ one prompt, ask the same questions about the same strings.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
+import threading
 from collections import defaultdict
 
 __all__ = [
@@ -51,6 +57,26 @@ def _params_from_nltk_data():
     return load_punkt_params(nltk.data.find("tokenizers/punkt_tab/english/"))
 
 
+_NLTK_LIMIT_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def _without_nltk_time_limit():
+    """NLTK's regexes run without its wall-clock limit for the duration (restored after, serialised)."""
+    try:
+        from nltk import redos
+    except ImportError:  # an NLTK without redos has no limit
+        yield
+        return
+    with _NLTK_LIMIT_LOCK:
+        saved = redos.DEFAULT_TIMEOUT
+        redos.DEFAULT_TIMEOUT = None
+        try:
+            yield
+        finally:
+            redos.DEFAULT_TIMEOUT = saved
+
+
 @functools.lru_cache(maxsize=1)
 def sentence_tokenizer():
     """NLTK's English Punkt sentence tokenizer (``PunktSentenceTokenizer``), built without any download."""
@@ -82,7 +108,8 @@ _WORD_RE = re.compile(r"\w+")
 @functools.lru_cache(maxsize=_CACHE)
 def split_sentences(text: str) -> tuple[str, ...]:
     """Sentences of `text` by NLTK's English Punkt (as ``nltk.sent_tokenize``)."""
-    return tuple(sentence_tokenizer().tokenize(text))
+    with _without_nltk_time_limit():
+        return tuple(sentence_tokenizer().tokenize(text))
 
 
 def count_sentences(text: str) -> int:
@@ -98,7 +125,9 @@ def count_words(text: str) -> int:
 @functools.lru_cache(maxsize=_CACHE)
 def word_tokenize(text: str) -> tuple[str, ...]:
     """``nltk.word_tokenize(text)`` (English), with the Punkt parameters from the installed package."""
-    return tuple(tok for sent in split_sentences(text) for tok in _word_tokenizer().tokenize(sent))
+    sentences = split_sentences(text)
+    with _without_nltk_time_limit():
+        return tuple(tok for sent in sentences for tok in _word_tokenizer().tokenize(sent))
 
 
 class LanguageDetectionError(Exception):

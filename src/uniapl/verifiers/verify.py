@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .registry import checks_loose, get_checker, normalize_kwargs, takes_prompt, validate_spec
+from .registry import SpecError, checks_loose, get_checker, normalize_kwargs, takes_prompt, validate_spec
 from .sandbox import SandboxUnavailable
 
 __all__ = [
@@ -44,6 +44,14 @@ class Verdict:
     strict: list[bool]
     loose: list[bool]
     instruction_id_list: list[str] = field(default_factory=list, compare=False, repr=False)
+    # instruction index -> why its checker gave no answer ("timed out: ..." or "ExceptionType: ..."); such an
+    # instruction counts as not followed, and `uniapl ifeval score` reports it instead of hiding it
+    errors: dict[int, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def timed_out(self) -> list[int]:
+        """Indices of instructions whose checker hit a time limit."""
+        return [i for i, e in self.errors.items() if e.startswith("timed out")]
 
     @property
     def prompt_strict(self) -> bool:
@@ -83,17 +91,21 @@ def loose_variants(response: str) -> list[str]:
 _warned: set[str] = set()
 
 
-def _run(checker, instruction_id: str, text: str, kwargs: Mapping[str, Any]) -> bool:
+def _run(checker, instruction_id: str, text: str, kwargs: Mapping[str, Any], errors: list[str] | None = None) -> bool:
     if not text.strip():
         return False
     try:
         return bool(checker(text, **kwargs))
     except SandboxUnavailable:  # no safe place to run untrusted code: the user must decide, not score 0
         raise
-    except Exception as e:  # a checker must never stop training: count it as not followed
+    except Exception as e:  # a checker must never stop training: count it as not followed, and say so
+        why = f"timed out: {e}" if isinstance(e, TimeoutError) else f"{type(e).__name__}: {e}"
+        if errors is not None:
+            errors.append(why[:300])
         if instruction_id not in _warned:
             _warned.add(instruction_id)
-            log.warning("checker %s raised %s: %s (counted as not followed)", instruction_id, type(e).__name__, e)
+            log.warning("checker %s on a response of %d characters: %s (counted as not followed)",
+                        instruction_id, len(text), why[:300])
         return False
 
 
@@ -120,24 +132,28 @@ def verify(
     if any(takes_prompt(i) for i in ids):
         for iid, kw in zip(ids, kwargs_list):
             if iid == "combination:repeat_prompt" and not normalize_kwargs(kw).get("prompt_to_repeat") and prompt is None:
-                raise ValueError(f"{where + ': ' if where else ''}combination:repeat_prompt needs prompt_to_repeat or a prompt")
+                raise SpecError(f"{where + ': ' if where else ''}combination:repeat_prompt needs prompt_to_repeat or a prompt")
 
     strict: list[bool] = []
     loose: list[bool] = []
+    errors: dict[int, str] = {}
     variants: list[str] | None = None
-    for iid, raw_kwargs in zip(ids, kwargs_list):
+    for i, (iid, raw_kwargs) in enumerate(zip(ids, kwargs_list)):
         checker = get_checker(iid)
         kwargs = normalize_kwargs(raw_kwargs)
         if prompt is not None and takes_prompt(iid):
             kwargs["prompt"] = prompt
-        ok = _run(checker, iid, response, kwargs)
+        failed: list[str] = []
+        ok = _run(checker, iid, response, kwargs, failed)
         strict.append(ok)
         if not ok and checks_loose(iid):
             if variants is None:
                 variants = loose_variants(response)
-            ok = any(_run(checker, iid, v, kwargs) for v in variants)
+            ok = any(_run(checker, iid, v, kwargs, failed) for v in variants)
         loose.append(ok)
-    return Verdict(strict=strict, loose=loose, instruction_id_list=ids)
+        if failed and not ok:
+            errors[i] = failed[0]
+    return Verdict(strict=strict, loose=loose, instruction_id_list=ids, errors=errors)
 
 
 def _prefetch_sandboxed(items: list[tuple]) -> None:

@@ -1,0 +1,35 @@
+"""model.gradient_checkpointing: activations are recomputed in the update (training mode); rollouts and
+reference scoring run in eval mode, without checkpointing."""
+
+import pytest
+from accelerate import Accelerator
+
+from uniapl.config import load_config
+from uniapl.models import eos_token_ids
+from uniapl.pipeline import _records_for, build_policy
+from uniapl.trainer import Trainer
+
+
+@pytest.mark.parametrize("ckpt", [False, True])
+def test_checkpointing_recomputes_layers_in_the_update_only(tiny_overrides, tmp_path, ckpt):
+    cfg = load_config(None, tiny_overrides + ["algorithm=grpo", "eval.enabled=false", "loss.grpo.beta=0",
+                                              f"model.gradient_checkpointing={str(ckpt).lower()}"])
+    sft, pref, _ = _records_for(cfg)
+    model, tok = build_policy(cfg, None)
+    t = Trainer(cfg, Accelerator(cpu=True), model, tok, sft_records=sft, pref_records=pref, stage_dir=tmp_path,
+                eos_ids=eos_token_ids(model, tok))
+    calls = []  # (phase, training mode) of every call of the first decoder layer
+    mlp = []  # calls of its MLP: inside the checkpointed forward, so run again when the backward recomputes it
+    phase = ["build"]
+    layer = t.model.model.layers[0]
+    layer.register_forward_pre_hook(lambda m, a, kw: calls.append((phase[0], m.training)), with_kwargs=True)
+    layer.mlp.register_forward_pre_hook(lambda m, a: mlp.append(m.training))
+    step_jobs = t.jobs.build(0, {})
+    assert mlp and not any(mlp) and not any(training for _, training in calls)  # rollouts: eval mode
+    calls.clear()
+    mlp.clear()
+    phase[0] = "update"
+    t.update(step_jobs, {})
+    # every layer call in the update, plus its recomputation in the backward pass with checkpointing
+    assert calls and len(mlp) == (2 if ckpt else 1) * len(calls) and all(training for _, training in calls)
+    assert not t.model.training  # back to eval mode for the next step's rollouts

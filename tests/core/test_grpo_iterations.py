@@ -1,0 +1,44 @@
+"""loss.grpo.num_iterations = K: pass 1 trains every term; passes 2..K train the GRPO term alone (TRL's mu)."""
+
+import pytest
+import torch
+from accelerate import Accelerator
+
+from uniapl.config import load_config
+from uniapl.models import eos_token_ids
+from uniapl.pipeline import _records_for, build_policy
+from uniapl.trainer import Trainer
+
+
+def _trainer(tiny_overrides, tmp_path, *extra):
+    cfg = load_config(None, tiny_overrides + ["algorithm=unified", "eval.enabled=false", *extra])
+    sft, pref, _ = _records_for(cfg)
+    model, tok = build_policy(cfg, None)
+    return Trainer(cfg, Accelerator(cpu=True), model, tok, sft_records=sft, pref_records=pref, stage_dir=tmp_path,
+                   eos_ids=eos_token_ids(model, tok))
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_only_the_grpo_term_iterates(tiny_overrides, tmp_path, k):
+    t = _trainer(tiny_overrides, tmp_path, f"loss.grpo.num_iterations={k}")
+    rows: list[int] = []  # rows of every update forward (rollouts and reference scoring do not go through it)
+    t.policy.register_forward_pre_hook(lambda m, args: rows.append(args[0].shape[0]))
+    m = t.step()
+    sft, adv_sft, grpo = 4, 4 * 1, 2 * 2  # sft_batch_size, x adv_num_generations, pref_batch_size x G
+    assert sum(rows) == sft + adv_sft + grpo + (k - 1) * grpo
+    assert t.scheduler.scheduler.last_epoch == k  # one optimizer/scheduler step per pass
+    if k > 1:
+        assert m["grpo/passes"] == k and "loss/grpo_last_pass" in m and "loss/sft" in m
+
+
+def test_later_passes_leave_out_the_adversarial_term(tiny_overrides, tmp_path):
+    t = _trainer(tiny_overrides, tmp_path, "loss.grpo.num_iterations=2")
+    step_jobs = t.jobs.build(0, {})
+    job = next(j for j in step_jobs.jobs if j.kind == "pref")
+    assert job.coef is not None and job.old_logprobs is not None
+    logp = job.old_logprobs.clone().requires_grad_(True)
+    cm = job.cmask.float()
+    first = t._job_terms(job, logp, cm, float(cm.sum()), {})
+    later = t._job_terms(job, logp, cm, float(cm.sum()), {}, adversarial=False)
+    assert set(first) == {"grpo", "pref_adv"} and set(later) == {"grpo"}
+    torch.testing.assert_close(first["grpo"], later["grpo"])
