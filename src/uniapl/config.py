@@ -272,8 +272,28 @@ class LossConfig:
 
 @dataclass
 class RewardConfig:
+    """The GRPO reward: the IFEval verifier and/or functions with TRL's signature (`uniapl.rewards`)."""
+
     mode: Literal["strict", "loose"] = "strict"
     partial: bool = False  # fraction of instructions followed instead of all-or-nothing
+    verifier: Literal["ifeval", "none"] = "ifeval"  # "none": only `functions` reward
+    functions: list[str] = field(default_factory=list)  # "pkg.module:function" or "file.py:function"
+    weights: Optional[list[float]] = None  # one per reward, the verifier first when on (None: all 1.0)
+
+    def __post_init__(self) -> None:
+        from uniapl.rewards.functions import load_function
+
+        for i, spec in enumerate(self.functions):  # importable and callable now, not at the first GRPO step
+            try:
+                load_function(spec)
+            except ValueError as e:
+                raise ValueError(f"key 'reward.functions[{i}]': {e}") from None
+        n = len(self.functions) + (self.verifier == "ifeval")
+        if n == 0:
+            raise ValueError("key 'reward.verifier': 'none' leaves no reward; name reward.functions too")
+        if self.weights is not None and len(self.weights) != n:
+            raise ValueError(f"key 'reward.weights': {len(self.weights)} weights for {n} rewards "
+                             f"({'ifeval + ' if self.verifier == 'ifeval' else ''}{len(self.functions)} function(s))")
 
 
 @dataclass

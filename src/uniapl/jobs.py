@@ -31,6 +31,7 @@ from uniapl.evaluation import decode_completions
 from uniapl.logprobs import completion_logprobs
 from uniapl.losses import group_advantages, kto_reference_point, sequence_logprobs
 from uniapl.preference import PairBuilder
+from uniapl.rewards import Rewards
 from uniapl.rollout import RolloutBatch, SamplingParams, build_engine_from_config
 
 JOB_KINDS = ("sft", "adv_sft", "pref", "adv_pref", "dpo", "kto")
@@ -123,6 +124,7 @@ class JobBuilder:
             self.pairs = PairBuilder(source=cfg.data.pairs.source, sample_fn=self._reference_samples,
                                      passes_fn=self._passes, prefer=cfg.loss.sft_target,
                                      num_samples=cfg.data.pairs.num_samples)
+        self.rewards = Rewards(cfg.reward)
         self.discriminator = None
         if paradigm.uses_discriminator:
             from uniapl.discriminators import build_discriminator
@@ -306,20 +308,16 @@ class JobBuilder:
                 for sl in self._micro_batches(attn.sum(-1))]
 
     def _grpo_jobs(self, recs: list[Record], batch: RolloutBatch, metrics: dict[str, float], out: StepJobs) -> list[Job]:
-        from uniapl.verifiers import verifiable_reward, verify
-
         cfg, p, lc = self.cfg, self.paradigm, self.cfg.loss
         g = cfg.rollout.num_generations
         temp = self._temperature()
         rows = [r for r in recs for _ in range(g)]
         texts = decode_completions(self.tokenizer, batch.completion_ids, batch.completion_mask, self.eos_ids)
         with timed(metrics, "reward"):
-            rewards = torch.tensor([
-                verifiable_reward(verify(t, r.instruction_id_list, r.kwargs, prompt=r.prompt_text()),
-                                  mode=cfg.reward.mode, partial=cfg.reward.partial)
-                for r, t in zip(rows, texts)
-            ], dtype=torch.float32)
-        metrics["reward"] = float(rewards.mean())  # the verifiable reward (the IF pass rate of the rollouts)
+            # the IFEval verifier and/or reward.functions, NaN-aware weighted sum; rewards/<name>/mean|std as TRL
+            ids = [c[m.bool()].tolist() for c, m in zip(batch.completion_ids.cpu(), batch.completion_mask.cpu())]
+            rewards, reward_metrics = self.rewards(rows, texts, ids, step=self.step_idx)
+        metrics.update(reward_metrics)  # "reward": the total's mean (the IF pass rate with the verifier alone)
         coef = None
         if "adv" in p.pref_terms:
             coef, raw, dm = self._coefficients(recs, texts, g, metrics)

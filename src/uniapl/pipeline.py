@@ -113,7 +113,8 @@ def _records_for(cfg: Config, stage: str = "") -> tuple[list[Record], list[Recor
             if cfg.discriminator.reference == "ground_truth":
                 require(sft, ["teacher"], "the adversarial term in ground_truth mode")
     if p.online:
-        require(pref, ["instruction_id_list"], f"algorithm '{cfg.algorithm}' (verifiable rewards)")
+        if cfg.reward.verifier == "ifeval":  # reward.verifier=none: only reward.functions score the rollouts
+            require(pref, ["instruction_id_list"], f"algorithm '{cfg.algorithm}' (verifiable rewards)")
         validate_specs(pref)
     elif p.offline_preference:
         if cfg.data.pairs.source == "data":

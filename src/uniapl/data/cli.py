@@ -1,4 +1,4 @@
-"""The ``uniapl data`` command group: ``build`` (constraint prompts from plain prompts).
+"""The ``uniapl data`` command group: ``build`` (constraint prompts from plain prompts), ``teacher`` (teacher answers).
 
 A subcommand is a function ``add_<name>(subparsers)`` listed in `SUBCOMMANDS`; it adds its parser and
 sets ``func`` (returning the exit status; a `DataError` becomes exit status 2 with one message).
@@ -76,7 +76,13 @@ def add_build(sub) -> None:
     b.set_defaults(func=build)
 
 
-SUBCOMMANDS = [add_build]
+def add_teacher(sub) -> None:
+    from uniapl.data.teacher import add_teacher_parser
+
+    add_teacher_parser(sub)
+
+
+SUBCOMMANDS = [add_build, add_teacher]
 
 
 def _guarded(func):
@@ -92,7 +98,7 @@ def _guarded(func):
 
 def add_data_commands(subparsers) -> None:
     """Add ``uniapl data <subcommand>`` for every entry of `SUBCOMMANDS`."""
-    p = subparsers.add_parser("data", help="build training data: uniapl data build ...")
+    p = subparsers.add_parser("data", help="build training data: uniapl data build | teacher ...")
     sub = p.add_subparsers(dest="data_command", required=True)
     for add in SUBCOMMANDS:
         add(sub)

@@ -45,11 +45,14 @@ def record_from_row(row: dict, where: str, field_map: dict[str, str] | None = No
         raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
     field_map = field_map or {}
     values: dict[str, Any] = {}
+    prompt_column = None
     for fld, names in ALIASES.items():
         names = (field_map[fld],) if fld in field_map else names
         for name in names:
             if name in row and row[name] is not None:
                 values[fld] = row[name]
+                if fld == "prompt":
+                    prompt_column = name
                 break
     if "prompt" not in values:
         raise DataError(f"{where}: missing the prompt (one of {', '.join(ALIASES['prompt'])})")
@@ -84,7 +87,8 @@ def record_from_row(row: dict, where: str, field_map: dict[str, str] | None = No
     values["kwargs"] = [{k: v for k, v in kw.items() if v is not None} for kw in kwargs]
     if "label" in values:
         values["label"] = bool(values["label"])
-    return Record(**values, source=where)
+    columns = {k: v for k, v in row.items() if k != prompt_column}
+    return Record(**values, source=where, columns=columns)
 
 
 def iter_jsonl(path: str | Path, error: type[Exception] = DataError) -> Iterator[tuple[str, dict]]:

@@ -2,7 +2,7 @@
 
 A record is one prompt with what any algorithm may need for it: the verification spec (IFEval-style
 instruction ids + kwargs), an optional ground-truth answer, an optional teacher answer, and optional
-preference data (a chosen/rejected pair for DPO, a labelled answer for KTO).
+preference data (a chosen/rejected pair for DPO, a labelled answer for KTO), and the row's own columns.
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ class Record:
     label: bool | None = None
     key: Any = None
     source: str = ""  # "file:line" or "dataset[row]" for error messages
+    # the row's columns as the data had them, less the prompt column: what reward functions receive as
+    # keyword arguments (TRL passes a dataset's columns that way), e.g. `answer` for a math check
+    columns: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def prompt_text(self) -> str:
         """The prompt as plain text: the string, or the user/system message contents joined with newlines."""

@@ -18,7 +18,7 @@ from .scoring import Prompts, _hashable
 
 log = logging.getLogger(__name__)
 
-__all__ = ["load_model", "generate_responses"]
+__all__ = ["load_model", "generate_responses", "generate_texts"]
 
 
 def load_model(model: str, *, gguf_file: str | None = None, dtype: str = "auto", device: str = "cpu"):
@@ -67,8 +67,12 @@ def _prompt_ids(tok, prompt: str, max_prompt_tokens: int) -> list[int]:
 _ENGINE_FAILED: list[bool] = []
 
 
-def _generate_batch(model, tok, batch: list[list[int]], *, max_new_tokens: int, temperature: float, seed: int,
-                    eos: list[int]) -> list[str]:
+def generate_texts(model, tok, batch: list[list[int]], *, max_new_tokens: int, temperature: float, seed: int,
+                   eos: list[int], top_p: float = 1.0, num_samples: int = 1) -> list[tuple[str, int]]:
+    """(text, completion tokens) for each of `num_samples` samples of each prompt (a prompt's samples contiguous).
+
+    Uses the project's KV-cache rollout engine; falls back to ``model.generate`` if that engine is unusable.
+    """
     import torch
 
     rows = None
@@ -77,7 +81,8 @@ def _generate_batch(model, tok, batch: list[list[int]], *, max_new_tokens: int, 
             from uniapl.rollout import SamplingParams, build_engine
 
             engine = build_engine("hf", model=model, eos_token_ids=eos, pad_token_id=tok.pad_token_id)
-            out = engine.generate(batch, SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed))
+            out = engine.generate(batch, SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature,
+                                                        top_p=top_p, num_samples=num_samples, seed=seed))
             rows = [ids[mask.bool()].tolist() for ids, mask in zip(out.completion_ids, out.completion_mask)]
         except Exception as e:  # an API change there must not stop an evaluation: use HF generate
             log.warning("uniapl.rollout engine unusable (%s: %s); using model.generate", type(e).__name__, e)
@@ -90,15 +95,25 @@ def _generate_batch(model, tok, batch: list[list[int]], *, max_new_tokens: int, 
             ids[i, width - len(b):] = torch.tensor(b)
             mask[i, width - len(b):] = 1
         device = next(model.parameters()).device
-        gen_kw = {"do_sample": temperature > 0}
+        gen_kw = {"do_sample": temperature > 0, "num_return_sequences": num_samples}
         if temperature > 0:
             torch.manual_seed(seed)
-            gen_kw["temperature"] = temperature
+            gen_kw.update(temperature=temperature, top_p=top_p)
         with torch.inference_mode():
             seqs = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
                                   pad_token_id=tok.pad_token_id, eos_token_id=eos, **gen_kw)
-        rows = [s[width:].tolist() for s in seqs]
-    return [tok.decode([t for t in r if t not in eos], skip_special_tokens=True) for r in rows]
+        rows = []
+        for s in seqs:
+            r = s[width:].tolist()
+            end = next((i for i, t in enumerate(r) if t in eos), None)  # up to and including the first EOS
+            rows.append(r if end is None else r[: end + 1])
+    return [(tok.decode([t for t in r if t not in eos], skip_special_tokens=True), len(r)) for r in rows]
+
+
+def _generate_batch(model, tok, batch: list[list[int]], *, max_new_tokens: int, temperature: float, seed: int,
+                    eos: list[int]) -> list[str]:
+    return [text for text, _ in generate_texts(model, tok, batch, max_new_tokens=max_new_tokens, temperature=temperature,
+                                               seed=seed, eos=eos)]
 
 
 def generate_responses(
