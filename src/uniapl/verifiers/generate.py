@@ -68,15 +68,22 @@ _ENGINE_FAILED: list[bool] = []
 
 
 def generate_texts(model, tok, batch: list[list[int]], *, max_new_tokens: int, temperature: float, seed: int,
-                   eos: list[int], top_p: float = 1.0, num_samples: int = 1) -> list[tuple[str, int]]:
+                   eos: list[int], top_p: float = 1.0, num_samples: int = 1, engine=None) -> list[tuple[str, int]]:
     """(text, completion tokens) for each of `num_samples` samples of each prompt (a prompt's samples contiguous).
 
-    Uses the project's KV-cache rollout engine; falls back to ``model.generate`` if that engine is unusable.
+    Uses `engine` when given (e.g. the vLLM engine), else the project's KV-cache rollout engine; falls back to
+    ``model.generate`` if that engine is unusable.
     """
     import torch
 
     rows = None
-    if not _ENGINE_FAILED:
+    if engine is not None:
+        from uniapl.rollout import SamplingParams
+
+        out = engine.generate(batch, SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature,
+                                                    top_p=top_p, num_samples=num_samples, seed=seed))
+        rows = [ids[mask.bool()].tolist() for ids, mask in zip(out.completion_ids, out.completion_mask)]
+    elif not _ENGINE_FAILED:
         try:  # the project's KV-cache sampler, when present and compatible
             from uniapl.rollout import SamplingParams, build_engine
 
