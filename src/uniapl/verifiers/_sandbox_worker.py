@@ -176,12 +176,18 @@ def _wipe(root):
         return False
 
 
-def _run_job(job, cfg, seccomp, counter):
-    root = cfg["scratch"]
-    scratch = os.path.join(root, "call")
+def _call_dir(cfg) -> str:
+    """A fresh directory for one call inside the scratch tmpfs, owned by the call's uid when root drops to one."""
+    scratch = os.path.join(cfg["scratch"], "call")
     os.mkdir(scratch, 0o700)
     if cfg.get("child_uid") is not None:
         os.chown(scratch, cfg["child_uid"], cfg["child_uid"])
+    return scratch
+
+
+def _run_job(job, cfg, seccomp, counter):
+    root = cfg["scratch"]
+    scratch = _call_dir(cfg)
     r, w = os.pipe()
     start = time.monotonic()
     pid = os.fork()
@@ -244,10 +250,7 @@ def _probe(cfg, seccomp):
     """Fork one child through the same confinement and check, from inside, what the kernel enforces."""
     job = {"memory_mb": 256, "timeout_s": 2, "max_file_mb": 1}
     root = cfg["scratch"]
-    scratch = os.path.join(root, "call")
-    os.mkdir(scratch, 0o700)
-    if cfg.get("child_uid") is not None:
-        os.chown(scratch, cfg["child_uid"], cfg["child_uid"])
+    scratch = _call_dir(cfg)
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
