@@ -25,6 +25,16 @@ LAST = "stage-1-unified"
 def _child(out: str, extra: list[str], fault: str | None) -> None:
     """A training process forked from this one (no second import of torch): the fault points' os._exit and
     SIGKILL end it as they would end `uniapl train`."""
+    # tqdm's write lock is a multiprocessing RLock made in this test's process and shared by every forked child: a
+    # child SIGKILLed while writing a progress bar leaves it held, and the next child would wait on it forever.
+    # Each child gets a lock of its own (a separate `uniapl train` process has one anyway).
+    import threading
+
+    import tqdm.auto
+    import tqdm.std
+
+    for cls in {tqdm.std.tqdm, tqdm.auto.tqdm}:
+        cls.set_lock(threading.RLock())
     os.environ.pop("UNIAPL_FAULT_AT", None)
     if fault:
         os.environ["UNIAPL_FAULT_AT"] = fault
@@ -103,19 +113,21 @@ def test_killed_at_each_named_point_then_resumed(tmp_path, reference):
 
 
 def test_random_sigkill_then_resumed(tmp_path, reference):
+    """SIGKILL at a random moment of a random step. The whole run takes about a second on a fast machine, so the
+    kill follows the awaited metrics row within a fraction of a step (a fixed sleep could outlast the run)."""
     out = tmp_path / "run"
     rng = random.Random(1234)
     killed = 0
     for attempt in range(3):
         proc = _start(out, *(["resume=true"] if attempt else []))
-        # wait until this attempt has logged a new step, then kill it at a random moment
-        start = time.time()
         seen = len(_rows(out)) if (out / "metrics.jsonl").exists() else 0
+        target = seen + rng.randint(1, 2)  # kill during this attempt's first or second new step
+        start = time.time()
         while proc.is_alive() and time.time() - start < 300:
-            if (out / "metrics.jsonl").exists() and len((out / "metrics.jsonl").read_text().splitlines()) > seen:
+            if (out / "metrics.jsonl").exists() and len((out / "metrics.jsonl").read_text().splitlines()) >= target:
                 break
-            time.sleep(0.02)
-        time.sleep(rng.uniform(0.0, 1.5))
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 0.03))
         if proc.is_alive():
             os.kill(proc.pid, signal.SIGKILL)
         proc.join()
