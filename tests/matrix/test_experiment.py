@@ -105,3 +105,17 @@ def test_tiny_experiment_writes_table_and_figures_and_resumes(tmp_path, capsys):
     # a finished run whose config changed is an error, not silently reused
     assert main(["experiment", SMOKE, *tiny_experiment(out), "overrides.loss.lambda_adv=0.5"]) == 2
     assert "different config" in capsys.readouterr().err
+
+
+def test_unfinished_run_of_an_older_config_is_kept_aside_not_deleted(tmp_path):
+    from uniapl.experiment.runner import _write_run
+
+    run = tmp_path / "runs" / "sft" / "seed-0"
+    assert _write_run(run, {"lr": 1}) is False
+    (run / "metrics.jsonl").write_text('{"step": 1}\n')  # unfinished: no summary.json
+    assert _write_run(run, {"lr": 1}) is False and (run / "metrics.jsonl").is_file()  # same config: resumed
+    assert _write_run(run, {"lr": 2}) is False
+    stale = run.with_name("seed-0.stale-1")
+    assert (stale / "metrics.jsonl").read_text() == '{"step": 1}\n' and "lr: 1" in (stale / "run.yaml").read_text()
+    assert not (run / "metrics.jsonl").exists() and "lr: 2" in (run / "run.yaml").read_text()
+    assert _write_run(run, {"lr": 3}) is False and run.with_name("seed-0.stale-2").is_dir()

@@ -62,7 +62,13 @@ def _write_run(run_dir: Path, config: dict[str, Any]) -> bool:
         if (run_dir / SUMMARY).is_file():
             raise ConfigError(f"{run_dir} finished with a different config than the experiment now asks for; "
                               f"delete that run directory or choose another output_dir")
-        shutil.rmtree(run_dir)  # an unfinished run of an older config: start it afresh
+        # an unfinished run of an older config: kept aside (never deleted unasked), this one starts afresh
+        n = 1
+        while run_dir.with_name(f"{run_dir.name}.stale-{n}").exists():
+            n += 1
+        stale = run_dir.with_name(f"{run_dir.name}.stale-{n}")
+        os.replace(run_dir, stale)
+        log.warning("%s: unfinished run of an older config moved to %s; this run starts afresh", run_dir, stale.name)
         run_dir.mkdir(parents=True)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return False
