@@ -388,8 +388,22 @@ def check_output_dir(cfg: Config) -> list[Path]:
 
 
 def _check_discriminator_server(cfg: Config) -> None:
-    """A served discriminator must answer before any work starts (`polar_server`)."""
-    if not get_algorithm(cfg.algorithm).uses_discriminator or cfg.discriminator.name != "polar_server":
+    """A discriminator must be usable before any work starts: a local model's folder (`polar`, `embedding`,
+    `learned` with model=hf) exists, and a served one (`polar_server`) answers."""
+    d = cfg.discriminator
+    if not get_algorithm(cfg.algorithm).uses_discriminator:
+        return
+    needs_model = d.name == "polar" or (d.name == "learned" and d.learned.model == "hf")
+    if needs_model and not d.model_path:
+        raise ConfigError(f"key 'discriminator.model_path': discriminator {d.name!r}"
+                          f"{' with learned.model=hf' if d.name == 'learned' else ''} needs a local model folder")
+    if d.model_path and (needs_model or d.name == "embedding"):
+        from uniapl.hub import check_source
+
+        check_source(d.model_path, "discriminator.model_path")
+        if d.tokenizer_path:
+            check_source(d.tokenizer_path, "discriminator.tokenizer_path")
+    if d.name != "polar_server":
         return
     from uniapl.discriminators.polar_server import PolarHTTPClient
 

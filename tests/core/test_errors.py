@@ -126,6 +126,19 @@ def test_model_path_that_does_not_exist(tmp_path, capsys):
     _one_error(capsys, "key 'model.name_or_path'", "no config.json")
 
 
+def test_discriminator_model_path_checked_before_training(tmp_path, capsys):
+    missing = tmp_path / "no" / "polar"
+    assert _train(tmp_path, "discriminator.name=polar", f"discriminator.model_path={missing}") == 2
+    _one_error(capsys, "key 'discriminator.model_path'", "does not exist")
+    assert _train(tmp_path, "discriminator.name=polar") == 2
+    _one_error(capsys, "key 'discriminator.model_path'", "needs a local model folder")
+    assert _train(tmp_path, "discriminator.name=embedding", f"discriminator.model_path={missing}") == 2
+    _one_error(capsys, "key 'discriminator.model_path'", "does not exist")
+    assert _train(tmp_path, "discriminator.name=learned", "discriminator.learned.model=hf") == 2
+    _one_error(capsys, "key 'discriminator.model_path'", "learned.model=hf")
+    assert not (tmp_path / "run").exists()  # nothing written
+
+
 def test_uncached_hub_id_offline_fails_at_once(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     t = time.perf_counter()
