@@ -1,9 +1,12 @@
 import os
+import tempfile
 
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# the stage cache (stages[0].cache, on in the quickstart) never touches ~/.cache; each test gets its own below
+os.environ["UNIAPL_CACHE_DIR"] = tempfile.mkdtemp(prefix="uniapl-test-cache-")
 
 TINY = [
     "model.embedded.hidden_size=32",
@@ -32,3 +35,8 @@ TINY = [
 def tiny_overrides(tmp_path):
     """Overrides that shrink the quickstart to a seconds-long run writing into tmp_path."""
     return TINY + [f"output_dir={tmp_path / 'run'}"]
+
+
+@pytest.fixture(autouse=True)
+def _own_stage_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("UNIAPL_CACHE_DIR", str(tmp_path / "uniapl-cache"))

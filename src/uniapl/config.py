@@ -350,6 +350,9 @@ class StageConfig:
     name: str = ""
     algorithm: Optional[str] = None
     overrides: dict[str, Any] = field(default_factory=dict)
+    # first stage only: reuse its result from the stage cache when an identical stage (config, start model,
+    # uniapl source, library versions) ran before (uniapl.stage_cache; $UNIAPL_CACHE_DIR)
+    cache: bool = False
 
 
 @dataclass
@@ -501,6 +504,9 @@ def stage_configs(cfg: Config) -> list[tuple[str, Config]]:
         if name in names:
             raise ConfigError(f"stages: duplicate stage name {name!r}")
         names.add(name)
+        if stage.cache and i > 0:
+            raise ConfigError(f"key 'stages.{i}.cache': only the first stage can be cached (a later stage starts "
+                              f"from the run's own earlier stage)")
         out.append((name, stage_config(cfg, i)))
     return out
 

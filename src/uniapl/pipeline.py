@@ -330,6 +330,29 @@ def run_stage(cfg: Config, name: str, acc: Accelerator, stage_dir: Path, init_fr
     return entry
 
 
+def _run_cached_stage(cfg: Config, name: str, acc: Accelerator, stage_dir: Path, metrics_path: Path, on_stage_end,
+                      records, merge_final) -> dict[str, Any]:
+    """The first stage through the stage cache (`stages[0].cache`): copied when an identical stage ran before,
+    else trained and stored. A resumed stage that already has a checkpoint or a final/, an `on_stage_end`
+    hook, or a distributed run bypass the cache (trained as usual, not stored)."""
+    from uniapl import stage_cache
+    from uniapl.config_schema import to_dict
+
+    partial = cfg.resume and (find_resume_checkpoint(stage_dir) is not None or (stage_dir / "final").is_dir())
+    if acc.num_processes > 1 or partial or on_stage_end is not None:
+        return run_stage(cfg, name, acc, stage_dir, None, metrics_path, on_stage_end, records=records,
+                         merge_final=merge_final)
+    key, material = stage_cache.stage_key(to_dict(cfg))
+    hit = stage_cache.lookup(key)
+    if hit is not None:
+        return stage_cache.restore(hit, key, stage_dir, name, metrics_path)
+    entry = run_stage(cfg, name, acc, stage_dir, None, metrics_path, None, records=records, merge_final=merge_final)
+    stage_cache.store(key, material, stage_dir, name, entry, metrics_path)
+    entry["cache"] = {"hit": False, "key": key}
+    _atomic_write(stage_dir / "stage_summary.json", json.dumps(entry, indent=2))
+    return entry
+
+
 def _same_eval(a: Config, b: Config) -> bool:
     from uniapl.config_schema import to_dict
 
@@ -477,8 +500,12 @@ def run_training(cfg: Config, on_stage_end=None) -> dict[str, Any]:
         stage_metrics = out / "metrics.jsonl"
         # the previous stage's final evaluation IS this stage's starting evaluation when both evaluate alike
         known = entries[-1]["eval"]["after"] if entries and _same_eval(stages[i - 1][1], scfg) else None
-        entry = run_stage(scfg, name, acc, stage_dir, init_from, stage_metrics, on_stage_end, known_before=known,
-                          records=recs, merge_final=True if i < len(stages) - 1 else None)
+        merge = True if i < len(stages) - 1 else None
+        if i == 0 and cfg.stages and cfg.stages[0].cache:
+            entry = _run_cached_stage(scfg, name, acc, stage_dir, stage_metrics, on_stage_end, recs, merge)
+        else:
+            entry = run_stage(scfg, name, acc, stage_dir, init_from, stage_metrics, on_stage_end, known_before=known,
+                              records=recs, merge_final=merge)
         entries.append(entry)
         init_from = entry["final_checkpoint"]
     last = entries[-1]

@@ -18,7 +18,8 @@ from uniapl.pipeline import run_training
 
 # two stages (warm-up SFT, then UniAPL), 4 steps each, a checkpoint every 2 steps
 ARGS = ["configs/quickstart.yaml", *TINY, "stages.0.overrides.train.steps=4", "stages.0.overrides.train.sft_batch_size=4",
-        "train.steps=4", "train.save_every=2", "train.keep_checkpoints=5", "eval.every=2"]
+        "train.steps=4", "train.save_every=2", "train.keep_checkpoints=5", "eval.every=2",
+        "stages.0.cache=false"]  # the warm-up is trained (and killed) every time, never copied from the cache
 LAST = "stage-1-unified"
 
 
