@@ -34,7 +34,10 @@ def test_punkt_parameters_match_the_nltk_english_model():
 
     params = sentence_tokenizer()._params
     assert params.abbrev_types == set(english.ABBREV_TYPES) and "dr" in params.abbrev_types
-    assert len(params.ortho_context) == len(english.ORTHO_CONTEXT) > 1000
+    # ortho_context is a defaultdict(int): sentences tokenized earlier in this process (other tests) add their
+    # unseen words with 0, so compare the entries that carry a value
+    assert len(english.ORTHO_CONTEXT) > 1000
+    assert {k: v for k, v in params.ortho_context.items() if v} == {k: v for k, v in english.ORTHO_CONTEXT.items() if v}
 
 
 _PROBE = """
