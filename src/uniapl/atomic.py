@@ -63,6 +63,20 @@ def atomic_write_jsonl(path: str | Path, rows: Iterable[Any]) -> None:
     atomic_write_text(path, "".join(json_line(r) for r in rows))
 
 
+def atomic_copy_tree(src: str | Path, dst: str | Path) -> None:
+    """dst becomes a copy of the directory src: copied into dst.tmp, then renamed (an earlier dst is replaced)."""
+    import shutil
+
+    src, dst = Path(src), Path(dst)
+    tmp = dst.with_name(dst.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(src, tmp)
+    if dst.exists():
+        shutil.rmtree(dst)
+    os.replace(tmp, dst)
+
+
 def fsync_file(path: str | Path) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())

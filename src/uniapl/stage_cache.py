@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from uniapl.atomic import atomic_write_jsonl, atomic_write_text
+from uniapl.atomic import atomic_copy_tree, atomic_write_jsonl, atomic_write_text
 
 log = logging.getLogger(__name__)
 _NOT_IN_KEY = ("output_dir", "resume", "overwrite", "logging")
@@ -87,29 +87,19 @@ def lookup(key: str) -> Path | None:
     return d if (d / "stage_summary.json").is_file() and (d / "final").is_dir() else None
 
 
-def _copy_tree(src: Path, dst: Path) -> None:
-    """dst becomes a copy of src: written into dst.tmp, then renamed (an earlier dst is replaced)."""
-    tmp = dst.with_name(dst.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    shutil.copytree(src, tmp)
-    if dst.exists():
-        shutil.rmtree(dst)
-    os.replace(tmp, dst)
-
-
 def restore(entry_dir: Path, key: str, stage_dir: Path, stage: str, metrics_path: Path) -> dict[str, Any]:
     """Copy a cached stage into `stage_dir` and its metrics rows into `metrics_path`; its summary entry."""
     t0 = time.time()
     stage_dir.mkdir(parents=True, exist_ok=True)
-    _copy_tree(entry_dir / "final", stage_dir / "final")
+    atomic_copy_tree(entry_dir / "final", stage_dir / "final")
     if (entry_dir / "eval_responses.jsonl").is_file():
         atomic_write_text(stage_dir / "eval_responses.jsonl",
                           (entry_dir / "eval_responses.jsonl").read_text(encoding="utf-8"))
     entry = json.loads((entry_dir / "stage_summary.json").read_text())
-    rows = [json.loads(line) for line in (entry_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    old = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()] \
-        if metrics_path.is_file() else []
+    from uniapl.pipeline import _read_metrics_rows  # drops a line a kill cut short
+
+    rows = _read_metrics_rows(entry_dir / "metrics.jsonl")
+    old = _read_metrics_rows(metrics_path)
     atomic_write_jsonl(metrics_path, [r for r in old if r.get("stage") != stage] + rows)
     trained = entry.get("wall_seconds")
     merged = Path(entry["final_checkpoint"]).name == "merged"  # LoRA: the next stage starts from final/merged
@@ -137,9 +127,9 @@ def store(key: str, material: dict[str, Any], stage_dir: Path, stage: str, entry
         shutil.copytree(stage_dir / "final", tmp / "final")
         if (stage_dir / "eval_responses.jsonl").is_file():
             shutil.copyfile(stage_dir / "eval_responses.jsonl", tmp / "eval_responses.jsonl")
-        rows = [line for line in metrics_path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("stage") == stage]
-        (tmp / "metrics.jsonl").write_text("".join(r + "\n" for r in rows))
+        from uniapl.pipeline import _read_metrics_rows
+
+        atomic_write_jsonl(tmp / "metrics.jsonl", [r for r in _read_metrics_rows(metrics_path) if r.get("stage") == stage])
         (tmp / "key.json").write_text(json.dumps(material, indent=2, default=str))
         (tmp / "stage_summary.json").write_text(json.dumps({k: v for k, v in entry.items() if k != "cache"}, indent=2))
         if dst.exists():  # an incomplete entry (no summary): replaced

@@ -37,6 +37,7 @@ from typing import Any
 
 import yaml
 
+from uniapl.atomic import atomic_copy_tree
 from uniapl.config_schema import ConfigError, to_dict
 from uniapl.experiment.config import ExperimentConfig, RunSpec, expand_runs, stage_run_config
 from uniapl.experiment.worker import SAMPLES, SUMMARY, TEACHER_LOGP
@@ -332,14 +333,7 @@ def publish(out: Path, dest: Path, files: list[str]) -> str:
         if name == "README.md" or not src.exists():
             continue
         if src.is_dir():
-            target = dest / name
-            tmp = dest / (name + ".tmp")
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            shutil.copytree(src, tmp)
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
+            atomic_copy_tree(src, dest / name)
         else:
             tmp = dest / (name + ".tmp")
             shutil.copyfile(src, tmp)
