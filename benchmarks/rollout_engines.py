@@ -1,12 +1,17 @@
 """Rollout throughput of the built-in engine, vLLM and transformers' `generate` on one model and prompt set.
 
     OMP_NUM_THREADS=1 python benchmarks/rollout_engines.py --model DIR [--prompts 8] [--samples 4]
-        [--new-tokens 64] [--threads 1] [--temperature 1.0] [--engines uniapl,vllm,hf_generate]
+        [--new-tokens 64] [--threads 1] [--temperature 1.0] [--engines uniapl,vllm,hf_generate] [--repeats 3]
+        [--decode-threads auto]
 
 DIR is a Hugging Face model folder (e.g. `uniapl convert gguf SmolLM2-135M-Instruct.Q4_1.gguf --output DIR`).
 The prompts are the first N IFEval prompts (/work/shared/data/ifeval/input_data.jsonl, or --data), chat-templated;
 each is sampled G times; every completion is exactly --new-tokens long (EOS ignored), so the engines do the
-same work. Each engine runs once as warm-up and is then timed; tokens_per_s = N * G * T / seconds.
+same work. Each engine runs once as warm-up and is then timed --repeats times (alternating engines would
+mix their caches; each engine's repeats run back to back); tokens_per_s = N * G * T / the median seconds, and
+tokens_per_s_runs lists every repeat. --decode-threads is the built-in engine's `rollout.builtin.decode_threads`
+("auto": 1 thread for small decodes or when other processes leave fewer free cores than threads; the thread
+count "auto" chooses after the timed runs is printed, since a loaded machine changes it).
 vLLM runs colocated in this process (rollout.engine: vllm): its start-up and one weight sync are timed apart.
 
 For the built-in engine and vLLM the returned sampling log-probs are compared with the trainer's
@@ -19,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -55,6 +61,15 @@ def timed(fn):
     return out, time.perf_counter() - t0
 
 
+def repeated(fn, k: int):
+    """(last output, median seconds, every run's seconds) of k timed calls."""
+    runs, out = [], None
+    for _ in range(max(1, k)):
+        out, s = timed(fn)
+        runs.append(s)
+    return out, statistics.median(runs), runs
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="a Hugging Face model folder")
@@ -65,11 +80,14 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--engines", default="uniapl,vllm,hf_generate")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per engine (the median is reported)")
+    ap.add_argument("--decode-threads", default="auto", help="the built-in engine's decode_threads: auto | 0 | n")
     args = ap.parse_args()
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from uniapl.rollout import SamplingParams, build_engine
+    from uniapl.rollout.engine import EngineOptions, auto_decode_threads
     from uniapl.rollout.vllm_engine import vllm_available
 
     torch.set_num_threads(args.threads)
@@ -81,12 +99,17 @@ def main() -> int:
     warm = SamplingParams(max_new_tokens=4, temperature=args.temperature, num_samples=g, seed=1)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
-    tps, diff, secs, extra = {}, {}, {}, {}
+    tps, diff, secs, extra, runs = {}, {}, {}, {}, {}
+    dt = args.decode_threads if args.decode_threads == "auto" else int(args.decode_threads)
 
     if "uniapl" in engines:
-        eng = build_engine("hf", model=model, eos_token_ids=[], pad_token_id=pad)  # no EOS: fixed length
+        eng = build_engine("hf", model=model, eos_token_ids=[], pad_token_id=pad,  # no EOS: fixed length
+                           options=EngineOptions(decode_threads=dt))
         eng.generate(prompts, warm)
-        batch, s = timed(lambda: eng.generate(prompts, params))
+        batch, s, runs["uniapl"] = repeated(lambda: eng.generate(prompts, params), args.repeats)
+        if dt == "auto":  # what "auto" chooses from the window of the last timed run (other processes' load)
+            chosen = auto_decode_threads(model, n * g) if args.threads > 1 else 0
+            extra["uniapl_decode_threads"] = chosen or torch.get_num_threads()
         assert int(batch.completion_mask.sum()) == n * g * t
         tps["uniapl"], secs["uniapl"] = n * g * t / s, s
         diff["uniapl"] = max_logprob_diff(model, batch, args.temperature)
@@ -99,7 +122,7 @@ def main() -> int:
         torch.set_num_threads(args.threads)
         _, s_sync = timed(lambda: eng.sync_weights(model))
         eng.generate(prompts, warm)
-        batch, s = timed(lambda: eng.generate(prompts, params))
+        batch, s, runs["vllm"] = repeated(lambda: eng.generate(prompts, params), args.repeats)
         assert int(batch.completion_mask.sum()) == n * g * t
         tps["vllm"], secs["vllm"] = n * g * t / s, s
         diff["vllm"] = max_logprob_diff(model, batch, args.temperature)
@@ -119,21 +142,23 @@ def main() -> int:
                 return model.generate(input_ids=input_ids, attention_mask=attn, max_new_tokens=k, min_new_tokens=k, **kw)
 
         gen(4)
-        out, s = timed(lambda: gen(t))
+        out, s, runs["hf_generate"] = repeated(lambda: gen(t), args.repeats)
         assert out.shape[1] - width == t
         tps["hf_generate"], secs["hf_generate"] = n * g * t / s, s
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     print(f"{n} prompts x {g} samples x {t} new tokens, {args.threads} thread(s), load average {load:.2f}")
-    print(f"{'engine':<12} {'seconds':>9} {'tokens/s':>10} {'max |logp - trainer logp|':>26}")
+    print(f"{'engine':<12} {'seconds':>9} {'tokens/s':>10} {'tokens/s of each run':>24} {'max |logp - trainer logp|':>26}")
     for e in tps:
         d = f"{diff[e]:.2e}" if e in diff else "-"
-        print(f"{e:<12} {secs[e]:>9.2f} {tps[e]:>10.1f} {d:>26}")
+        each = " ".join(f"{n * g * t / r:.1f}" for r in runs[e])
+        print(f"{e:<12} {secs[e]:>9.2f} {tps[e]:>10.1f} {each:>24} {d:>26}")
     for k, v in extra.items():
         print(f"{k}: {v}")
     print(json.dumps({"benchmark": "rollout_engines", "model": str(args.model), "prompts": n, "samples": g,
                       "new_tokens": t, "threads": args.threads, "load_average": load,
-                      "tokens_per_s": {k: round(v, 2) for k, v in tps.items()},
+                      "repeats": args.repeats, "tokens_per_s": {k: round(v, 2) for k, v in tps.items()},
+                      "tokens_per_s_runs": {k: [round(n * g * t / r, 2) for r in v] for k, v in runs.items()},
                       "seconds": {k: round(v, 3) for k, v in secs.items()},
                       "max_abs_logprob_diff": diff, **extra}))
     return 0

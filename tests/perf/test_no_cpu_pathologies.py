@@ -5,6 +5,10 @@ the tensors autograd keeps. Speed itself is measured by benchmarks/ and tests/pe
 """
 
 import collections
+import os
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -81,6 +85,56 @@ def test_small_model_decodes_with_one_thread_and_restores_the_setting(model, mon
     finally:
         torch.set_num_threads(before)
     assert engine_mod.SMALL_DECODE_FLOPS > 2 * sum(p.numel() for p in model.parameters())
+
+
+def test_busy_cores_subtract_the_process_own_cpu_time():
+    # (wall s, machine busy CPU s, own CPU s): 2 s in which the machine was busy 3 CPU s, 2.2 of them ours
+    assert engine_mod.busy_cores_from((10.0, 100.0, 5.0), (12.0, 103.0, 7.2)) == pytest.approx(0.4)
+    # all of the machine's busy time was ours: nobody else is there, whatever the load average says
+    assert engine_mod.busy_cores_from((10.0, 100.0, 5.0), (12.0, 104.0, 9.0)) == 0.0
+    assert engine_mod.busy_cores_from((10.0, 100.0, 5.0), (10.0, 100.0, 5.0)) == 0.0
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="needs Linux /proc/stat")
+def test_cpu_samples_count_this_process_in_the_machine_busy_time_in_seconds():
+    prev = engine_mod._cpu_sample()
+    t0 = time.process_time()
+    while time.process_time() - t0 < 0.5:  # this process keeps one core busy
+        pass
+    now = engine_mod._cpu_sample()
+    own, machine, wall = now[2] - prev[2], now[1] - prev[1], now[0] - prev[0]
+    assert own >= 0.5
+    assert machine >= own - 0.05  # the machine's busy time includes ours, in the same unit (s, not jiffies)
+    assert machine <= wall * len(os.sched_getaffinity(0)) * 1.5 + 0.05
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="needs Linux /proc/stat")
+def test_others_busy_cores_sees_another_process():
+    spinner = subprocess.Popen([sys.executable, "-c", "import time\nt=time.time()\nwhile time.time()-t<2: pass"])
+    try:
+        time.sleep(0.5)  # the interpreter has started and spins
+        engine_mod.others_busy_cores()  # start a window
+        time.sleep(0.8)
+        other = engine_mod.others_busy_cores()
+    finally:
+        spinner.wait()
+    # the spinner holds about a core (at least half of one beside another test worker on 2 cores)
+    assert 0.45 <= other <= len(os.sched_getaffinity(0)) + 0.2
+
+
+def test_auto_decode_threads_follows_the_other_processes(model, monkeypatch):
+    big = torch.nn.Linear(8, 8)  # its FLOPs are scaled past SMALL_DECODE_FLOPS below
+    monkeypatch.setattr(engine_mod, "SMALL_DECODE_FLOPS", 0.0)
+    monkeypatch.setattr(engine_mod.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        monkeypatch.setattr(engine_mod, "others_busy_cores", lambda: 0.2)
+        assert engine_mod.auto_decode_threads(big, 32) == 0  # 1.8 free cores for 2 threads: keep them
+        monkeypatch.setattr(engine_mod, "others_busy_cores", lambda: 0.7)
+        assert engine_mod.auto_decode_threads(big, 32) == 1  # 1.3 free cores: one thread
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_logprob_backward_keeps_no_vocabulary_sized_tensor():

@@ -15,14 +15,19 @@ CPU settings it applies for the duration of the call (docs/performance.md has th
   * `decode_threads`: intra-op threads of the decode loop. Decode forwards of small models are too short
     to split across threads, and on a machine whose cores are busy OpenMP threads wait for each other at
     every op: 2-thread decodes were measured 10-150x slower than 1-thread ones on a loaded 2-core machine
-    (docs/performance.md). "auto" uses 1 thread when a decode forward is under SMALL_DECODE_FLOPS or the
-    load average reaches the core count, else leaves torch's setting alone.
+    (docs/performance.md). "auto" uses 1 thread when a decode forward is under SMALL_DECODE_FLOPS or OTHER
+    processes keep the cores busy (`others_busy_cores`: the machine's busy CPU time less this process's own,
+    since the previous look), else leaves torch's setting alone. The process's own load must not count: the
+    load average counts the trainer's own threads, and in a 2-thread GRPO run on SmolLM2-135M alone on 2
+    cores it rose from 0.7 to 1.87 in four steps, near the core count at which a load-average rule drops
+    to one decode thread (rollouts 16-17 s instead of 12-13 s there; docs/performance.md).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import time
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -93,17 +98,62 @@ def cpu_decode_settings(model: torch.nn.Module, rows: int, opts: EngineOptions):
 
 
 def auto_decode_threads(model: torch.nn.Module, rows: int) -> int:
-    """1 when a decode forward is small (< SMALL_DECODE_FLOPS) or the CPUs are already busy (1-minute load
-    average >= core count: OpenMP threads then wait for each other at every op); 0 (leave torch's setting)
-    otherwise."""
+    """1 when a decode forward is small (< SMALL_DECODE_FLOPS) or other processes leave fewer free cores
+    than torch's thread count (OpenMP threads then wait for each other at every op); 0 (leave torch's
+    setting) otherwise."""
     flops = 2.0 * sum(p.numel() for p in model.parameters()) * rows
     if flops < SMALL_DECODE_FLOPS:
         return 1
-    try:
+    threads = torch.get_num_threads()
+    others = others_busy_cores()
+    if others is not None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return 1 if cores - others < threads - 0.5 else 0
+    try:  # no /proc/stat: the load average, which also counts this process's own threads
         busy = os.getloadavg()[0] >= (os.cpu_count() or 1)
-    except OSError:  # no load average on this platform
+    except OSError:
         busy = False
     return 1 if busy else 0
+
+
+_last_cpu_sample: tuple[float, float, float] | None = None  # (wall s, machine busy CPU s, own CPU s)
+MIN_WINDOW_S = 0.2  # a shorter window since the previous look is extended by sleeping (the first look)
+
+
+def _cpu_sample() -> tuple[float, float, float] | None:
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+    except (OSError, ValueError):
+        return None
+    busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7]  # steal too: a VM neighbour's time is not ours
+    return time.monotonic(), busy / os.sysconf("SC_CLK_TCK"), time.process_time()
+
+
+def busy_cores_from(prev: tuple[float, float, float], now: tuple[float, float, float]) -> float:
+    """Cores other processes used between two `_cpu_sample`s: (machine busy - own CPU time) / wall time."""
+    wall = now[0] - prev[0]
+    if wall <= 0:
+        return 0.0
+    return max(0.0, ((now[1] - prev[1]) - (now[2] - prev[2])) / wall)
+
+
+def others_busy_cores() -> float | None:
+    """Cores used by other processes since this function's previous call (the first call watches for
+    MIN_WINDOW_S); None without a Linux /proc/stat. In a container /proc/stat counts the host's CPUs,
+    so on a shared host this over-counts and errs towards one decode thread."""
+    global _last_cpu_sample
+    prev = _last_cpu_sample
+    if prev is None or time.monotonic() - prev[0] < MIN_WINDOW_S:
+        prev = prev or _cpu_sample()
+        if prev is None:
+            return None
+        time.sleep(max(0.0, MIN_WINDOW_S - (time.monotonic() - prev[0])))
+    now = _cpu_sample()
+    if now is None:
+        return None
+    _last_cpu_sample = now
+    return busy_cores_from(prev, now)
 
 
 def _distinct(prompts: list[list[int]]) -> tuple[list[int], list[int]]:
