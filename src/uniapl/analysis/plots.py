@@ -7,6 +7,9 @@
     teacher_logp.png   Figure 4 analogue without a teacher model: kernel density of the per-token
                    log-likelihood of the held-out teacher answers under each student (pooled over seeds),
                    and under the starting model.
+    sweep.png      Figures 5/6: the primary metric against each swept key with 3 or more numeric values (log
+                   axis when the values are positive and span 10x or more), one line per swept method with
+                   95 % t-intervals over seeds; methods without that key as horizontal lines (their mean).
     curves.png     reward (training rollouts), held-out IF accuracy, KL to the reference and the
                    discriminator coefficient over optimizer steps (stages of a pipeline laid end to end),
                    per method, averaged over seeds.
@@ -214,5 +217,39 @@ def plot_curves(path: Path, groups: list, *, start_acc: float | None, smoothing:
                  fontsize=10)
     fig.tight_layout(rect=(0, 0.07 if handles else 0, 1, 0.97))
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path.name]
+
+
+def plot_sweep(path: Path, groups: list, metric: str = "prompt_level_strict_acc", label: str = "prompt strict") -> list[str]:
+    keys = sorted({k for g in groups for k, v in g.sweep.items() if isinstance(v, (int, float))})
+    keys = [k for k in keys if len({g.sweep[k] for g in groups if k in g.sweep}) >= 3]
+    if not keys:
+        return []
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.6 * len(keys), 3.8), squeeze=False)
+    methods = list(dict.fromkeys(g.method for g in groups))
+    colors = dict(zip(methods, _colors(len(methods))))
+    for ax, key in zip(axes[0], keys):
+        xs_all = sorted({float(g.sweep[key]) for g in groups if key in g.sweep})
+        for m in methods:
+            pts = sorted((float(g.sweep[key]), *g.values.get(metric, (math.nan, math.nan)), g.label)
+                         for g in groups if g.method == m and key in g.sweep)
+            if pts:
+                x, y, ci = (np.array([p[i] for p in pts]) for i in range(3))
+                ax.errorbar(x, y, yerr=np.nan_to_num(ci), marker="o", capsize=3, color=colors[m], label=pts[0][3])
+        for g in groups:
+            if key not in g.sweep and not any(key in h.sweep for h in groups if h.method == g.method):
+                mean = g.values.get(metric, (math.nan, math.nan))[0]
+                ax.axhline(mean, linestyle="--", linewidth=1.2, color=colors[g.method], label=g.name)
+        if xs_all[0] > 0 and xs_all[-1] / xs_all[0] >= 10:
+            ax.set_xscale("log")
+        ax.set_xlabel(key)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{label} against the swept settings (mean ± 95 % t-interval over seeds)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
     plt.close(fig)
     return [path.name]

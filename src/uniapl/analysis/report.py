@@ -362,6 +362,7 @@ def write_report(exp, runs, out: Path, *, warmup_dir: Path | None, teacher_dir: 
         files += plots.plot_logp_gap(out / "logp_gap.png", finished)
     if any(r.teacher_logp for g in finished for r in g.runs):
         files += plots.plot_teacher_logp(out / "teacher_logp.png", finished, start.teacher_logp if start else None)
+    files += plots.plot_sweep(out / "sweep.png", finished)
     start_acc = start.eval.get("prompt_level_strict_acc") if start else None
     files += plots.plot_curves(out / "curves.png", finished, start_acc=start_acc, smoothing=exp.analysis.smoothing)
     return {"output_dir": str(out), "files": files,
