@@ -99,8 +99,11 @@ def test_tiny_experiment_writes_table_and_figures_and_resumes(tmp_path, capsys):
     staged = out / "runs" / "sft_grpo" / "seed-0"
     (staged / "summary.json").unlink()
     assert main(["experiment", SMOKE, *tiny_experiment(out), "jobs=2"]) == 0  # and in 2 worker processes
+    first_total = summary["wall_seconds_total"]
+    assert first_total == summary["wall_seconds"] > 0
     summary = json.loads((out / "experiment_summary.json").read_text())
     assert summary["skipped"] == 1 and (staged / "summary.json").is_file()
+    assert summary["wall_seconds_total"] == pytest.approx(first_total + summary["wall_seconds"], abs=0.11)
     assert (run / "summary.json").stat().st_mtime_ns == stamp
     # a finished run whose config changed is an error, not silently reused
     assert main(["experiment", SMOKE, *tiny_experiment(out), "overrides.loss.lambda_adv=0.5"]) == 2

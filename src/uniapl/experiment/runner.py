@@ -315,7 +315,16 @@ def run_experiment(exp: ExperimentConfig, base: dict[str, Any]) -> dict[str, Any
 
     # 5. the tables and the figures, from whatever finished
     report = write_report(exp, runs, out, warmup_dir=start_dir, teacher_dir=teacher_dir, tuning=tuning)
-    report.update(wall_seconds=round(time.time() - t0, 1), failed=failed, runs=len(runs), skipped=skipped,
+    # wall_seconds: this invocation; wall_seconds_total: every invocation on this output_dir (a resumed or
+    # report-only re-run adds its own time instead of replacing the recorded one)
+    wall = round(time.time() - t0, 1)
+    total = wall
+    try:
+        old = json.loads((out / "experiment_summary.json").read_text())
+        total = round(float(old.get("wall_seconds_total", old.get("wall_seconds", 0.0))) + wall, 1)
+    except (OSError, ValueError, TypeError, AttributeError):
+        pass
+    report.update(wall_seconds=wall, wall_seconds_total=total, failed=failed, runs=len(runs), skipped=skipped,
                   tuning_runs=len(tune_runs))
     _atomic_text(out / "experiment_summary.json", json.dumps(report, indent=2, allow_nan=False))
     if exp.results_dir:
