@@ -70,6 +70,12 @@ def repeated(fn, k: int):
     return out, statistics.median(runs), runs
 
 
+def _decode_threads(v: str):
+    if v == "auto" or (v.isdigit() and int(v) >= 0):
+        return v if v == "auto" else int(v)
+    raise argparse.ArgumentTypeError(f"must be 'auto' or an integer >= 0, got {v!r}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="a Hugging Face model folder")
@@ -81,7 +87,8 @@ def main() -> int:
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--engines", default="uniapl,vllm,hf_generate")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per engine (the median is reported)")
-    ap.add_argument("--decode-threads", default="auto", help="the built-in engine's decode_threads: auto | 0 | n")
+    ap.add_argument("--decode-threads", default="auto", type=_decode_threads,
+                    help="the built-in engine's decode_threads: auto | 0 | n")
     args = ap.parse_args()
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -100,7 +107,7 @@ def main() -> int:
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     tps, diff, secs, extra, runs = {}, {}, {}, {}, {}
-    dt = args.decode_threads if args.decode_threads == "auto" else int(args.decode_threads)
+    dt = args.decode_threads
 
     if "uniapl" in engines:
         eng = build_engine("hf", model=model, eos_token_ids=[], pad_token_id=pad,  # no EOS: fixed length
