@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/rollout_engines.py --model DIR [--prompts 8] [--samples 4]
         [--new-tokens 64] [--threads 1] [--temperature 1.0] [--engines uniapl,vllm,hf_generate] [--repeats 3]
-        [--decode-threads auto]
+        [--decode-threads auto] [--prepack auto]
 
 DIR is a Hugging Face model folder (e.g. `uniapl convert gguf SmolLM2-135M-Instruct.Q4_1.gguf --output DIR`).
 The prompts are the first N IFEval prompts (/work/shared/data/ifeval/input_data.jsonl, or --data), chat-templated;
@@ -89,6 +89,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per engine (the median is reported)")
     ap.add_argument("--decode-threads", default="auto", type=_decode_threads,
                     help="the built-in engine's decode_threads: auto | 0 | n")
+    ap.add_argument("--prepack", default="auto", choices=["auto", "true", "false"],
+                    help="the built-in engine's prepack (oneDNN-packed decode weights): auto | true | false")
     args = ap.parse_args()
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -108,10 +110,11 @@ def main() -> int:
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     tps, diff, secs, extra, runs = {}, {}, {}, {}, {}
     dt = args.decode_threads
+    prepack = {"auto": "auto", "true": True, "false": False}[args.prepack]
 
     if "uniapl" in engines:
         eng = build_engine("hf", model=model, eos_token_ids=[], pad_token_id=pad,  # no EOS: fixed length
-                           options=EngineOptions(decode_threads=dt))
+                           options=EngineOptions(decode_threads=dt, prepack=prepack))
         eng.generate(prompts, warm)
         batch, s, runs["uniapl"] = repeated(lambda: eng.generate(prompts, params), args.repeats)
         if dt == "auto":  # what "auto" chooses from the window of the last timed run (other processes' load)
@@ -163,7 +166,7 @@ def main() -> int:
     for k, v in extra.items():
         print(f"{k}: {v}")
     print(json.dumps({"benchmark": "rollout_engines", "model": str(args.model), "prompts": n, "samples": g,
-                      "new_tokens": t, "threads": args.threads, "load_average": load,
+                      "new_tokens": t, "threads": args.threads, "load_average": load, "prepack": args.prepack,
                       "repeats": args.repeats, "tokens_per_s": {k: round(v, 2) for k, v in tps.items()},
                       "tokens_per_s_runs": {k: [round(n * g * t / r, 2) for r in v] for k, v in runs.items()},
                       "seconds": {k: round(v, 3) for k, v in secs.items()},

@@ -21,10 +21,13 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
+from uniapl.rollout.packed_linear import maybe_packed
+
 # model_type -> decoder layers that are `x + attn(input_layernorm(x))`, `x + mlp(post_attention_layernorm(x))`
 STATIC_KV_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 _PLAIN_RMS_NORMS = frozenset({"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm"})
 _ROPE_TYPES = frozenset({"default", "linear", "llama3", "yarn"})  # position-independent tables only
+_GATED_MLPS = frozenset({"LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP"})  # down(act(gate(x)) * up(x))
 
 
 def cache_kwarg(model: torch.nn.Module) -> str:
@@ -106,9 +109,13 @@ class StaticKVStepper:
     (q/k norms), rotary from a precomputed table, one write into column c, attention over columns [0, c],
     output projection, norm, MLP. Grouped-query attention needs no repeat of the keys: the G query heads
     that share a key/value head are laid out as G query rows of that head.
+
+    prepack_rows > 0: the decode step's linear maps use copies of their weights that oneDNN pre-packed for
+    that many rows (`packed_linear.py`; CPU float32 only, anything else stays the module itself), packed
+    here, once per generate call.
     """
 
-    def __init__(self, model: torch.nn.Module, max_new_tokens: int):
+    def __init__(self, model: torch.nn.Module, max_new_tokens: int, prepack_rows: int = 0):
         self.model = model
         self.max_new_tokens = max_new_tokens
         self.base = model.model
@@ -126,6 +133,9 @@ class StaticKVStepper:
             for m in (layer.input_layernorm, layer.post_attention_layernorm,
                       *((layer.self_attn.q_norm, layer.self_attn.k_norm) if self.qk_norm else ())))
         self.fused_norm = self.fused_norm and _plain_rms_norm(self.base.norm)
+        pack = prepack_rows > 0
+        self.proj = [_LayerProjections(layer, prepack_rows, pack) for layer in self.layers]
+        self.head_proj = maybe_packed(self.head, prepack_rows, pack)
 
     def _norm(self, module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         # one fused kernel instead of ~7 ops; the same float32 result as the modules' own forward
@@ -167,12 +177,12 @@ class StaticKVStepper:
         attend = self.mask[:, None, None, : c + 1]  # [N, 1, 1, c + 1], broadcast over heads and query rows
         cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]  # [N, 1, hd]
         x = self.base.embed_tokens(tokens)  # [N, H]
-        for i, layer in enumerate(self.layers):
+        for i, (layer, p) in enumerate(zip(self.layers, self.proj)):
             a = layer.self_attn
             h = self._norm(layer.input_layernorm, x)
-            q = a.q_proj(h).view(n, nh, hd)
-            k = a.k_proj(h).view(n, nkv, hd)
-            v = a.v_proj(h).view(n, nkv, hd)
+            q = p.q(h).view(n, nh, hd)
+            k = p.k(h).view(n, nkv, hd)
+            v = p.v(h).view(n, nkv, hd)
             if self.qk_norm:
                 q, k = self._norm(a.q_norm, q), self._norm(a.k_norm, k)
             q = q * cos + _rotate_half(q) * sin
@@ -181,9 +191,26 @@ class StaticKVStepper:
             self.v[i, :, :, c] = v
             o = F.scaled_dot_product_attention(q.view(n, nkv, nh // nkv, hd), self.k[i, :, :, : c + 1],
                                                self.v[i, :, :, : c + 1], attn_mask=attend, scale=self.scaling)
-            x = x + a.o_proj(o.reshape(n, nh * hd))
-            x = x + layer.mlp(self._norm(layer.post_attention_layernorm, x))
-        return self.head(self._norm(self.base.norm, x)).float()
+            x = x + p.o(o.reshape(n, nh * hd))
+            x = x + p.mlp(self._norm(layer.post_attention_layernorm, x))
+        return self.head_proj(self._norm(self.base.norm, x)).float()
+
+
+class _LayerProjections:
+    """One decoder layer's linear maps for the decode step: the modules themselves, or oneDNN-packed copies.
+    The MLP is unrolled only for the plain gated MLPs (down(act(gate(x)) * up(x))); any other stays whole."""
+
+    def __init__(self, layer: torch.nn.Module, rows: int, pack: bool):
+        a, m = layer.self_attn, layer.mlp
+        self.q, self.k, self.v, self.o = (maybe_packed(f, rows, pack) for f in (a.q_proj, a.k_proj, a.v_proj, a.o_proj))
+        self.mlp = m
+        if pack and type(m).__name__ in _GATED_MLPS:
+            self.act = m.act_fn
+            self.gate, self.up, self.down = (maybe_packed(f, rows, pack) for f in (m.gate_proj, m.up_proj, m.down_proj))
+            self.mlp = self._gated_mlp
+
+    def _gated_mlp(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(self.act(self.gate(x)) * self.up(x))
 
 
 def _plain_rms_norm(m: torch.nn.Module) -> bool:
@@ -197,13 +224,16 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def make_stepper(model: torch.nn.Module, max_len: int, max_new_tokens: int, kind: str = "auto"):
-    """kind: "auto" (static when supported, else dynamic), "static" (error if unsupported), "dynamic"."""
+def make_stepper(model: torch.nn.Module, max_len: int, max_new_tokens: int, kind: str = "auto",
+                 prepack_rows: int = 0):
+    """kind: "auto" (static when supported, else dynamic), "static" (error if unsupported), "dynamic".
+    prepack_rows > 0: the static stepper pre-packs its decode weights for that many rows (the dynamic one
+    runs the model's own forward and ignores it)."""
     if kind == "dynamic":
         return HFDynamicStepper(model, max_new_tokens)
     why = static_kv_unsupported(model, max_len)
     if why is None:
-        return StaticKVStepper(model, max_new_tokens)
+        return StaticKVStepper(model, max_new_tokens, prepack_rows)
     if kind == "static":
         raise ValueError(f"the static KV cache does not support this model: {why}")
     return HFDynamicStepper(model, max_new_tokens)
