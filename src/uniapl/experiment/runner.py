@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -75,10 +76,49 @@ def _write_run(run_dir: Path, config: dict[str, Any]) -> bool:
     return False
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, parent: int) -> None:
+    _die_with_parent(parent)
     import torch
 
     torch.set_num_threads(threads)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Linux: ask the kernel to send this worker SIGTERM when the experiment process dies, however it dies
+    (SIGKILL and crashes included): a worker left behind would go on training into a run directory that the
+    next `uniapl experiment` resumes. Elsewhere the runner's own teardown (`_stop_workers`) is all there is."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the experiment died before the request took effect
+        os._exit(1)
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_workers(pool, futures) -> None:
+    """Cancel what has not started and end the workers now (a run may take hours: do not wait for it).
+    Every file a run writes is written aside and renamed, so a killed run leaves nothing half written; the
+    next invocation trains it again."""
+    for f in futures:
+        f.cancel()
+    if hasattr(pool, "terminate_workers"):  # Python >= 3.14
+        pool.terminate_workers()
+        return
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.join(timeout=10)
+        if p.is_alive():
+            p.kill()
 
 
 def _run_task(mode: str, run_dir: str) -> tuple[bool, str, float]:
@@ -135,18 +175,30 @@ def _execute(tasks: list[_Task], jobs: int, threads: int) -> list[str]:
 
     saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TOKENIZERS_PARALLELISM")}
     os.environ.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false")
+    # SIGTERM (kill, a scheduler's time limit) as Ctrl-C: both stop the workers below, then the CLI exits 130
+    main_thread = threading.current_thread() is threading.main_thread()
+    old_term = signal.signal(signal.SIGTERM, _raise_interrupt) if main_thread else None
+    pool, futures = None, {}
     try:
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_init_worker, initargs=(threads,)) as pool:
-            futures = {pool.submit(_run_task, t.mode, str(t.run_dir)): t for t in tasks}
-            for fut in as_completed(futures):
-                t = futures[fut]
-                try:
-                    ok, err, seconds = fut.result()
-                except Exception as e:  # noqa: BLE001 - a worker process died
-                    ok, err, seconds = False, f"worker process failed: {e}", 0.0
-                report(t, ok, err, seconds)
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_worker, initargs=(threads, os.getpid()))
+        futures = {pool.submit(_run_task, t.mode, str(t.run_dir)): t for t in tasks}
+        for fut in as_completed(futures):
+            t = futures[fut]
+            try:
+                ok, err, seconds = fut.result()
+            except Exception as e:  # noqa: BLE001 - a worker process died
+                ok, err, seconds = False, f"worker process failed: {e}", 0.0
+            report(t, ok, err, seconds)
+    except BaseException:
+        if pool is not None:
+            _stop_workers(pool, futures)
+        raise
     finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        if main_thread:
+            signal.signal(signal.SIGTERM, old_term)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
