@@ -104,9 +104,8 @@ def _raise_interrupt(signum, frame) -> None:
 
 
 def _stop_workers(pool, futures) -> None:
-    """Cancel what has not started and end the workers now (a run may take hours: do not wait for it).
-    Every file a run writes is written aside and renamed, so a killed run leaves nothing half written; the
-    next invocation trains it again."""
+    """Cancel what has not started and end the workers now (a run may take hours: do not wait for it); the
+    next invocation resumes a stopped run from its last checkpoint, as after any interruption."""
     for f in futures:
         f.cancel()
     if hasattr(pool, "terminate_workers"):  # Python >= 3.14
