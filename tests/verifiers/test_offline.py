@@ -34,10 +34,20 @@ def test_punkt_parameters_match_the_nltk_english_model():
 
     params = sentence_tokenizer()._params
     assert params.abbrev_types == set(english.ABBREV_TYPES) and "dr" in params.abbrev_types
-    # ortho_context is a defaultdict(int): sentences tokenized earlier in this process (other tests) add their
-    # unseen words with 0, so compare the entries that carry a value
     assert len(english.ORTHO_CONTEXT) > 1000
-    assert {k: v for k, v in params.ortho_context.items() if v} == {k: v for k, v in english.ORTHO_CONTEXT.items() if v}
+    assert dict(params.ortho_context) == dict(english.ORTHO_CONTEXT)
+
+
+def test_tokenizing_unseen_words_stores_nothing():
+    """NLTK's defaultdict(int) stored a 0 for every unseen word it looked up: a long run grew it without bound."""
+    from uniapl.verifiers.text import sentence_tokenizer
+
+    tok = sentence_tokenizer()
+    before = dict(tok._params.ortho_context)
+    words = " ".join(f"Zqxw{i}vb ends here. Qqv{i}zz starts" for i in range(200))
+    assert len(tok.tokenize(words)) == 201
+    assert tok._params.ortho_context["zqxw0vb"] == 0  # still read as 0
+    assert dict(tok._params.ortho_context) == before
 
 
 _PROBE = """

