@@ -52,12 +52,12 @@ def test_packed_linear_equals_f_linear_for_any_rows(bias):
 
 def test_maybe_packed_keeps_what_it_cannot_pack():
     lin = torch.nn.Linear(8, 8)
-    assert isinstance(maybe_packed(lin, 4, True), PackedLinear)
-    assert maybe_packed(lin, 4, False) is lin
+    assert isinstance(maybe_packed(lin, 4), PackedLinear)
+    assert maybe_packed(lin, 0) is lin
     half = torch.nn.Linear(8, 8).to(torch.bfloat16)
-    assert maybe_packed(half, 4, True) is half  # float32 only
+    assert maybe_packed(half, 4) is half  # float32 only
     other = torch.nn.Identity()
-    assert maybe_packed(other, 4, True) is other
+    assert maybe_packed(other, 4) is other
 
 
 @pytest.mark.parametrize("make", [_llama, lambda: _llama(bias=True), _qwen3], ids=["llama", "llama-bias", "qwen3"])

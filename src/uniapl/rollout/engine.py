@@ -103,12 +103,17 @@ def cpu_decode_settings(model: torch.nn.Module, rows: int, opts: EngineOptions):
             torch.set_flush_denormal(False)
 
 
+def small_decode(model: torch.nn.Module, rows: int) -> bool:
+    """A decode forward of `rows` rows under SMALL_DECODE_FLOPS (2 FLOPs per parameter and row): too short
+    to split across threads or to repay packing its weights."""
+    return 2.0 * sum(p.numel() for p in model.parameters()) * rows < SMALL_DECODE_FLOPS
+
+
 def auto_decode_threads(model: torch.nn.Module, rows: int) -> int:
     """1 when a decode forward is small (< SMALL_DECODE_FLOPS) or other processes leave fewer free cores
     than torch's thread count (OpenMP threads then wait for each other at every op); 0 (leave torch's
     setting) otherwise."""
-    flops = 2.0 * sum(p.numel() for p in model.parameters()) * rows
-    if flops < SMALL_DECODE_FLOPS:
+    if small_decode(model, rows):
         return 1
     threads = torch.get_num_threads()
     others = others_busy_cores()
@@ -275,7 +280,7 @@ def prepack_rows(model: torch.nn.Module, rows: int, new_tokens: int, opts: Engin
         return rows
     if next(model.parameters()).device.type != "cpu" or torch.get_num_threads() < 2 or new_tokens < PREPACK_MIN_TOKENS:
         return 0
-    return rows if 2.0 * sum(p.numel() for p in model.parameters()) * rows >= SMALL_DECODE_FLOPS else 0
+    return 0 if small_decode(model, rows) else rows
 
 
 def _prefill(stepper, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -48,9 +48,9 @@ class PackedLinear:
         return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.packed, self.bias, "none", [], "")
 
 
-def maybe_packed(linear: torch.nn.Linear, rows: int, enabled: bool):
-    """A `PackedLinear` when enabled and supported, else the module itself (same call signature)."""
-    if enabled and isinstance(linear, torch.nn.Linear) and prepack_supported(linear.weight):
+def maybe_packed(linear: torch.nn.Linear, rows: int):
+    """A `PackedLinear` for `rows` rows when rows > 0 and oneDNN supports the weight, else the module itself
+    (same call signature)."""
+    if rows > 0 and isinstance(linear, torch.nn.Linear) and prepack_supported(linear.weight):
         return PackedLinear(linear, rows)
     return linear
-

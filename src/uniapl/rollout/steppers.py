@@ -133,9 +133,8 @@ class StaticKVStepper:
             for m in (layer.input_layernorm, layer.post_attention_layernorm,
                       *((layer.self_attn.q_norm, layer.self_attn.k_norm) if self.qk_norm else ())))
         self.fused_norm = self.fused_norm and _plain_rms_norm(self.base.norm)
-        pack = prepack_rows > 0
-        self.proj = [_LayerProjections(layer, prepack_rows, pack) for layer in self.layers]
-        self.head_proj = maybe_packed(self.head, prepack_rows, pack)
+        self.proj = [_LayerProjections(layer, prepack_rows) for layer in self.layers]
+        self.head_proj = maybe_packed(self.head, prepack_rows)
 
     def _norm(self, module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         # one fused kernel instead of ~7 ops; the same float32 result as the modules' own forward
@@ -200,13 +199,13 @@ class _LayerProjections:
     """One decoder layer's linear maps for the decode step: the modules themselves, or oneDNN-packed copies.
     The MLP is unrolled only for the plain gated MLPs (down(act(gate(x)) * up(x))); any other stays whole."""
 
-    def __init__(self, layer: torch.nn.Module, rows: int, pack: bool):
+    def __init__(self, layer: torch.nn.Module, rows: int):
         a, m = layer.self_attn, layer.mlp
-        self.q, self.k, self.v, self.o = (maybe_packed(f, rows, pack) for f in (a.q_proj, a.k_proj, a.v_proj, a.o_proj))
+        self.q, self.k, self.v, self.o = (maybe_packed(f, rows) for f in (a.q_proj, a.k_proj, a.v_proj, a.o_proj))
         self.mlp = m
-        if pack and type(m).__name__ in _GATED_MLPS:
+        if rows > 0 and type(m).__name__ in _GATED_MLPS:
             self.act = m.act_fn
-            self.gate, self.up, self.down = (maybe_packed(f, rows, pack) for f in (m.gate_proj, m.up_proj, m.down_proj))
+            self.gate, self.up, self.down = (maybe_packed(f, rows) for f in (m.gate_proj, m.up_proj, m.down_proj))
             self.mlp = self._gated_mlp
 
     def _gated_mlp(self, x: torch.Tensor) -> torch.Tensor:
