@@ -77,7 +77,7 @@ class Setup:
     def trainer(self, algorithm: str):
         from accelerate import Accelerator
 
-        from uniapl.trainer import Trainer
+        from uniapl.training.trainer import Trainer
 
         cfg = self.config(algorithm)
         sft, pref = self.records[algorithm]

@@ -50,7 +50,7 @@ def run_variant(name: str, args) -> dict:
     from uniapl.config import load_config
     from uniapl.models import eos_token_ids
     from uniapl.pipeline import _policy_for_stage, _records_for
-    from uniapl.trainer import Trainer
+    from uniapl.training.trainer import Trainer
 
     d, f = _smollm2()
     cfg = load_config(None, [f"model.name_or_path={d}", f"model.gguf_file={f}", "algorithm=sft", "eval.enabled=false",

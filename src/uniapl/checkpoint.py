@@ -73,6 +73,37 @@ def save_checkpoint(directory: Path, step: int, *, model, tokenizer, optimizer, 
     return final
 
 
+class ModelToSave:
+    """`model.save_pretrained` with a gathered full state dict (sharded training), else as is. A PeftModel
+    saves only its adapters, whichever it is given."""
+
+    def __init__(self, model, state_dict):
+        self.model, self.state_dict = model, state_dict
+
+    def save_pretrained(self, path, **kwargs):
+        from uniapl.lora import is_peft_model
+
+        sd = self.state_dict
+        if sd is not None and is_peft_model(self.model):
+            from peft import get_peft_model_state_dict
+
+            prefix = "base_model.model."
+            sd = get_peft_model_state_dict(self.model, state_dict={prefix + k: v for k, v in sd.items()})
+        if sd is not None:
+            kwargs["state_dict"] = sd
+        self.model.save_pretrained(path, **kwargs)
+
+
+class StateToSave:
+    """A state dict already gathered (the optimizer's, under sharding) in the shape `save_checkpoint` takes."""
+
+    def __init__(self, state):
+        self.state = state
+
+    def state_dict(self):
+        return self.state
+
+
 def list_checkpoints(directory: Path) -> list[Path]:
     """Complete checkpoints, oldest first (unfinished `.tmp` and set-aside `.old` directories are ignored)."""
     if not directory.is_dir():

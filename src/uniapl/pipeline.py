@@ -35,7 +35,7 @@ from uniapl.faults import fault_point
 from uniapl.data.records import Record
 from uniapl.evaluation import METRIC_KEYS, evaluate
 from uniapl.models import EMBEDDED, build_embedded_model, build_embedded_tokenizer, eos_token_ids, load_model, load_tokenizer
-from uniapl.trainer import Trainer, find_resume_checkpoint
+from uniapl.training.trainer import Trainer, find_resume_checkpoint, needs_reference
 
 log = logging.getLogger("uniapl")
 
@@ -105,28 +105,11 @@ def _records_for(cfg: Config, stage: str = "") -> tuple[list[Record], list[Recor
     sft = nonempty(load(d.sft or d.train, sft_key), sft_key, f"the SFT slice of '{cfg.algorithm}'") if p.uses_sft_slice else []
     pref = nonempty(load(d.pref or d.train, pref_key), pref_key, f"the preference slice of '{cfg.algorithm}'") if p.uses_pref_slice else []
     ev = load(d.eval, "data.eval") if (d.eval is not None and cfg.eval.enabled) else []
-    if p.uses_sft_slice:
-        if "sft" in p.sft_terms:
-            require(sft, [cfg.loss.sft_target], f"algorithm '{cfg.algorithm}' (SFT target loss.sft_target={cfg.loss.sft_target})")
-        if "adv" in p.sft_terms:
-            require(sft, [cfg.discriminator.reference], f"the adversarial term (discriminator.reference={cfg.discriminator.reference})")
-            if cfg.discriminator.reference == "ground_truth":
-                require(sft, ["teacher"], "the adversarial term in ground_truth mode")
-    if p.online:
-        if cfg.reward.verifier == "ifeval":  # reward.verifier=none: only reward.functions score the rollouts
-            require(pref, ["instruction_id_list"], f"algorithm '{cfg.algorithm}' (verifiable rewards)")
-        validate_specs(pref)
-    elif p.offline_preference:
-        if cfg.data.pairs.source == "data":
-            fields = ["chosen", "rejected"] if p.pref_main == "dpo" else []
-            require(pref, fields, f"algorithm '{cfg.algorithm}' (data.pairs.source=data)")
-        else:  # pairs are built from verifiers where the data has none (uniapl.preference)
-            validate_specs(pref)
-    if p.uses_pref_slice:
-        if "adv" in p.pref_terms:
-            require(pref, [cfg.discriminator.reference], f"the adversarial term (discriminator.reference={cfg.discriminator.reference})")
-            if cfg.discriminator.reference == "ground_truth":
-                require(pref, ["teacher"], "the adversarial term in ground_truth mode")
+    from uniapl.objective import get_term
+
+    for slice_name, recs in (("sft", sft), ("pref", pref)):  # what each term needs of its slice's records
+        for term in p.term_names(slice_name):
+            get_term(term)(cfg, p, slice_name).check_records(recs)
     if ev:
         require(ev, ["instruction_id_list"], "evaluation")
         validate_specs(ev)
@@ -260,8 +243,7 @@ def run_stage(cfg: Config, name: str, acc: Accelerator, stage_dir: Path, init_fr
         if acc.is_main_process:
             _atomic_write(state_file, json.dumps(state, indent=2))
     ref_model = None
-    p = get_algorithm(cfg.algorithm)
-    if ckpt is not None and cfg.model.lora is None and ((p.online and cfg.loss.grpo.beta > 0) or p.offline_preference):
+    if ckpt is not None and cfg.model.lora is None and needs_reference(cfg, get_algorithm(cfg.algorithm)):
         ref_model, _ = build_policy(cfg, init_from)  # the reference is the stage's start, not the resumed weights
     trainer = Trainer(cfg, acc, model, tok, sft_records=sft, pref_records=pref, stage_dir=stage_dir, eos_ids=eos,
                       ref_model=ref_model)

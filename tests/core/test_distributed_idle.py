@@ -1,4 +1,4 @@
-"""A process with no jobs in a step joins the others' gradient all-reduce instead of leaving them waiting."""
+"""A process with no micro-batches in a step joins the others' gradient all-reduce instead of leaving them waiting."""
 
 import json
 import os

@@ -7,7 +7,7 @@ from accelerate import Accelerator
 from uniapl.config import load_config
 from uniapl.models import eos_token_ids
 from uniapl.pipeline import _records_for, build_policy
-from uniapl.trainer import Trainer
+from uniapl.training.trainer import Trainer
 
 
 def _update_calls(tiny_overrides, tmp_path, ckpt, with_jobs=False):
@@ -24,15 +24,16 @@ def _update_calls(tiny_overrides, tmp_path, ckpt, with_jobs=False):
     layer = t.model.model.layers[0]
     layer.register_forward_pre_hook(lambda m, a, kw: calls.append((phase[0], m.training)), with_kwargs=True)
     layer.mlp.register_forward_pre_hook(lambda m, a: mlp.append(m.training))
-    step_jobs = t.jobs.build(0, {})
+    batch = t.batches.build(0, {})
     assert mlp and not any(mlp) and not any(training for _, training in calls)  # rollouts: eval mode
     calls.clear()
     mlp.clear()
     phase[0] = "update"
-    t.update(step_jobs, {})
+    t.update(batch.groups, {})
     assert calls and all(training for _, training in calls) and all(mlp)
     assert not t.model.training  # back to eval mode for the next step's rollouts
-    return (calls, mlp, len(step_jobs.jobs)) if with_jobs else (calls, mlp)
+    micro_batches = sum(len(g.micro_batches) for g in batch.groups)
+    return (calls, mlp, micro_batches) if with_jobs else (calls, mlp)
 
 
 def test_checkpointing_recomputes_layers_in_the_update_only(tiny_overrides, tmp_path):

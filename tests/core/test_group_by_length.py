@@ -26,7 +26,7 @@ def test_grouped_micro_batches_give_the_same_update(tmp_path):
 def test_grouped_micro_batches_are_sorted_and_trimmed(tmp_path):
     tr = _trainer(tmp_path, ["algorithm=sft", "train.sft_batch_size=12", "train.gradient_accumulation_steps=3",
                              "train.group_by_length=true"])
-    jobs = tr.jobs.build(0, {}).jobs
+    jobs = [mb for g in tr.batches.build(0, {}).groups for mb in g.micro_batches]
     assert len(jobs) == 3
     lengths = [j.attn.sum(-1) for j in jobs]
     assert all(a.max() <= b.min() for a, b in zip(lengths, lengths[1:]))  # shortest rows first

@@ -7,7 +7,8 @@ from accelerate import Accelerator
 from uniapl.config import load_config
 from uniapl.models import eos_token_ids
 from uniapl.pipeline import _records_for, build_policy
-from uniapl.trainer import Trainer
+from uniapl.training.metrics import UpdateLog
+from uniapl.training.trainer import Trainer
 
 
 def _trainer(tiny_overrides, tmp_path, *extra):
@@ -33,12 +34,15 @@ def test_only_the_grpo_term_iterates(tiny_overrides, tmp_path, k):
 
 def test_later_passes_leave_out_the_adversarial_term(tiny_overrides, tmp_path):
     t = _trainer(tiny_overrides, tmp_path, "loss.grpo.num_iterations=2")
-    step_jobs = t.jobs.build(0, {})
-    job = next(j for j in step_jobs.jobs if j.kind == "pref")
-    assert job.coef is not None and job.old_logprobs is not None
-    logp = job.old_logprobs.clone().requires_grad_(True)
-    cm = job.cmask.float()
-    first = t._job_terms(job, logp, cm, float(cm.sum()), {})
-    later = t._job_terms(job, logp, cm, float(cm.sum()), {}, adversarial=False)
+    batch = t.batches.build(0, {})
+    group = next(g for g in batch.groups if g.slice == "pref")
+    later_group = next(g for g in t.later_pass_groups(batch.groups) if g.slice == "pref")
+    mb = group.micro_batches[0]
+    assert "coef" in mb.fields and "old_logprobs" in mb.fields
+    logp = mb.fields["old_logprobs"].clone().requires_grad_(True)
+    n = float(mb.cmask.sum())
+    norms = {("pref", "grpo"): n, ("pref", "adversarial"): n}
+    _, first = t.micro_batch_loss(group, mb, logp, norms, UpdateLog(), 1.0)
+    _, later = t.micro_batch_loss(later_group, mb, logp, norms, UpdateLog(), 1.0)
     assert set(first) == {"grpo", "pref_adv"} and set(later) == {"grpo"}
     torch.testing.assert_close(first["grpo"], later["grpo"])

@@ -82,7 +82,7 @@ def _trainer(tmp_path, overrides):
     from uniapl.config import load_config
     from uniapl.models import eos_token_ids
     from uniapl.pipeline import _records_for, build_policy
-    from uniapl.trainer import Trainer
+    from uniapl.training.trainer import Trainer
 
     cfg = load_config("configs/quickstart.yaml", ["stages=[]", f"output_dir={tmp_path}", "logging.progress=false",
                                                   "algorithm=grpo", "train.pref_batch_size=2", "rollout.max_new_tokens=8",
@@ -96,7 +96,7 @@ def _trainer(tmp_path, overrides):
 
 def test_builtin_engine_gets_no_correction_by_default(tmp_path):
     tr = _trainer(tmp_path, [])
-    assert tr.jobs.importance_correction is False
+    assert tr.batches.term("pref", "grpo").importance_correction is False
     m = tr.step()
     assert not any(k.startswith("sampling/") for k in m)
     tr = _trainer(tmp_path, ["rollout.importance_sampling.correction=true"])
@@ -114,7 +114,7 @@ def _offset_engine(model, eos_token_ids, pad_token_id, **kw):
 
 def test_engine_with_other_logprobs_is_corrected_and_reported(tmp_path):
     tr = _trainer(tmp_path, ["rollout.engine=test-offset", "rollout.importance_sampling.clip_max=1.5"])
-    assert tr.jobs.importance_correction is True  # "auto" for an engine whose log-probs are not the trainer's
+    assert tr.batches.term("pref", "grpo").importance_correction is True  # "auto" for an engine whose log-probs are not the trainer's
     m = tr.step()
     assert m["sampling/sampling_logp_difference/mean"] == pytest.approx(0.7, abs=1e-4)
     assert m["sampling/sampling_logp_difference/max"] == pytest.approx(0.7, abs=1e-4)

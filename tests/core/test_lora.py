@@ -16,7 +16,7 @@ from uniapl.lora import merged_state_dict, policy_module
 from uniapl.models import eos_token_ids
 from uniapl.pipeline import _policy_for_stage, _records_for, build_policy, run_training
 from uniapl.rollout import SamplingParams, build_engine
-from uniapl.trainer import Trainer
+from uniapl.training.trainer import Trainer
 
 LORA = ["model.lora={r: 4, alpha: 8, target_modules: [q_proj, v_proj], merge_final: true}"]
 
@@ -55,7 +55,7 @@ def test_reference_is_the_adapter_disabled_policy_and_engines_see_the_adapters(t
     eos = eos_token_ids(peft_model, tok)
     t = Trainer(cfg, Accelerator(cpu=True), peft_model, tok, sft_records=sft, pref_records=pref, stage_dir=tmp_path,
                 eos_ids=eos)
-    assert t.ref_model is None and t.jobs.has_reference  # no second copy
+    assert t.ref_model is None and t.batches.has_reference  # no second copy
     with torch.no_grad():
         for n, p in t.model.named_parameters():
             if "lora_B" in n:

@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
-from uniapl.losses import (adversarial_loss, aggregate, group_advantages, grpo_loss, k3_kl, sft_loss,
-                           unified_objective)
+from uniapl.algorithms import Paradigm, get_algorithm, register_algorithm, slice_objective
+from uniapl.config import load_config
+from uniapl.losses import adversarial_loss, aggregate, group_advantages, grpo_loss, k3_kl, sft_loss
 
 
 def test_sft_loss_token_mean_hand_value_and_prompt_masked():
@@ -135,13 +136,23 @@ def test_adversarial_loss_hand_value_and_direction():
     assert logp.grad[1, 1] == 0  # masked
 
 
+def _objective(algorithm: str, values: dict[tuple[str, str], torch.Tensor], loss_cfg) -> torch.Tensor:
+    """The paradigm's objective of the given term losses, as the update sums it over micro-batches."""
+    p = get_algorithm(algorithm)
+    weight = dict(zip(("sft", "pref"), p.slice_weights(loss_cfg)))
+    return sum(slice_objective(weight[s], [(c, values[(s, t)]) for t, c in p.term_weights(s, loss_cfg)])
+               for s in ("sft", "pref") if p.slice_terms(s))
+
+
 def test_unified_objective_weights():
     s, sa, g, pa = (torch.tensor(v) for v in (1.0, 2.0, 3.0, 4.0))
-    loss, _ = unified_objective(sft=s, sft_adv=sa, grpo=g, pref_adv=pa, alpha=0.25, lambda_adv=0.1)
+    values = {("sft", "sft"): s, ("sft", "adversarial"): sa, ("pref", "grpo"): g, ("pref", "adversarial"): pa}
+    loss_cfg = load_config(None, ["loss.alpha=0.25", "loss.lambda_adv=0.1"]).loss
+    loss = _objective("unified", values, loss_cfg)
     assert loss.item() == pytest.approx(0.25 * (1 + 0.1 * 2) + 0.75 * (3 + 0.1 * 4))
     # single-slice paradigms get weight 1: A-SFT and A-GRPO
-    assert unified_objective(sft=s, sft_adv=sa, alpha=0.25, lambda_adv=0.1)[0].item() == pytest.approx(1.2)
-    assert unified_objective(grpo=g, pref_adv=pa, alpha=0.25, lambda_adv=0.1)[0].item() == pytest.approx(3.4)
-    assert unified_objective(sft=s, alpha=0.25)[0].item() == pytest.approx(1.0)
+    assert _objective("a_sft", values, loss_cfg).item() == pytest.approx(1.2)
+    assert _objective("a_grpo", values, loss_cfg).item() == pytest.approx(3.4)
+    assert _objective("sft", values, loss_cfg).item() == pytest.approx(1.0)
     with pytest.raises(ValueError):
-        unified_objective()
+        register_algorithm(Paradigm("no_terms"))

@@ -238,20 +238,22 @@ def test_same_seed_draws_the_same_prompts_across_methods():
 
     from uniapl.algorithms import get_algorithm
     from uniapl.config import load_config
-    from uniapl.jobs import JobBuilder
     from uniapl.models import eos_token_ids
     from uniapl.pipeline import _records_for, build_policy
+    from uniapl.training.batch import BatchBuilder
 
     def draws(alg: str, seed: int) -> dict[str, list]:
         cfg = load_config("configs/quickstart.yaml", TINY + ["stages=[]", f"algorithm={alg}", f"seed={seed}",
                                                             "rollout.max_new_tokens=4"])
         model, tok = build_policy(cfg, None)
         sft, pref, _ = _records_for(cfg)
-        jb = JobBuilder(cfg, get_algorithm(alg), tok, sft_records=sft, pref_records=pref,
-                        eos_ids=eos_token_ids(model, tok), policy_model=lambda: model, accelerator=Accelerator(cpu=True))
+        jb = BatchBuilder(cfg, get_algorithm(alg), tok, sft_records=sft, pref_records=pref,
+                          eos_ids=eos_token_ids(model, tok), policy_model=lambda: model, accelerator=Accelerator(cpu=True))
         seen: dict[str, list] = {"sft": [], "pref": []}
-        jb._sft_jobs = lambda recs, *a, **k: seen["sft"].append([r.key for r in recs]) or []
-        jb._grpo_jobs = lambda recs, *a, **k: seen["pref"].append([r.key for r in recs]) or []
+        for s, terms in jb.terms.items():
+            for i, (term, _) in enumerate(terms):  # each slice's first term records the slice's prompts
+                term.prepare = (lambda sl, ctx, m, s=s, first=i == 0: seen[s].append([r.key for r in sl.records])
+                                if first else None)
         for step in range(3):
             jb.build(step, {})
         return seen

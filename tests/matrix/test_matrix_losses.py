@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from uniapl.algorithms import ALGORITHMS, Paradigm, get_algorithm, register_algorithm
+from uniapl.algorithms import ALGORITHMS, Paradigm, get_algorithm, register_algorithm, slice_objective
 from uniapl.config import load_config
 from uniapl.losses import (chord_sft_loss, dpo_loss, kto_loss, kto_reference_point, mu_schedule, phi_weights,
-                           sequence_logprobs, unified_objective)
+                           sequence_logprobs)
 from uniapl.losses.chord import mu_schedule as mu_schedule_direct
 
 
@@ -128,25 +128,33 @@ def test_kto_gradient_directions():
 
 
 # ---------------------------------------------------------------- the objective and paradigms
-def test_unified_objective_with_explicit_weights_and_offline_terms():
+def test_objective_with_explicit_weights_and_offline_terms():
     one = torch.tensor(1.0)
-    loss, _ = unified_objective(sft=one * 2, dpo=one * 4, pref_adv=one * 10, lambda_adv=0.1, weights=(0.25, 0.75))
+    loss_cfg = load_config(None, ["loss.alpha=0.25", "loss.lambda_adv=0.1"]).loss
+    p = Paradigm("sft_then_dpo_test", sft=(("sft", 1.0),), pref=(("dpo", 1.0), ("adversarial", "lambda_adv")))
+    w_sft, w_pref = p.slice_weights(loss_cfg)
+    sft = dict(p.term_weights("sft", loss_cfg))
+    pref = dict(p.term_weights("pref", loss_cfg))
+    assert pref == {"dpo": 1.0, "adversarial": 0.1}
+    loss = slice_objective(w_sft, [(sft["sft"], one * 2)]) + slice_objective(
+        w_pref, [(pref["dpo"], one * 4), (pref["adversarial"], one * 10)])
     assert loss.item() == pytest.approx(0.25 * 2 + 0.75 * (4 + 1))
     # a micro-batch holding only the preference slice is still weighted as the paradigm says
-    assert unified_objective(kto=one, weights=(0.3, 0.7))[0].item() == pytest.approx(0.7)
-    assert unified_objective(dpo=one)[0].item() == pytest.approx(1.0)
+    assert slice_objective(get_algorithm("chord").slice_weights(0.3)[1], [(1.0, one)]).item() == pytest.approx(0.7)
+    assert slice_objective(get_algorithm("dpo").slice_weights(loss_cfg)[1], [(1.0, one)]).item() == pytest.approx(1.0)
 
 
 def test_every_algorithm_is_registered_with_its_terms():
+    sft, grpo, dpo, kto, adv = ("sft", 1.0), ("grpo", 1.0), ("dpo", 1.0), ("kto", 1.0), ("adversarial", "lambda_adv")
     expect = {
-        "sft": (("sft",), ()), "grpo": ((), ("grpo",)), "a_sft": (("sft", "adv"), ()), "a_grpo": ((), ("grpo", "adv")),
-        "unified": (("sft", "adv"), ("grpo", "adv")), "chord": (("sft",), ("grpo",)),
-        "a_chord": (("sft",), ("grpo", "adv")), "dpo": ((), ("dpo",)), "a_dpo": ((), ("dpo", "adv")),
-        "kto": ((), ("kto",)), "a_kto": ((), ("kto", "adv")),
+        "sft": ((sft,), ()), "grpo": ((), (grpo,)), "a_sft": ((sft, adv), ()), "a_grpo": ((), (grpo, adv)),
+        "unified": ((sft, adv), (grpo, adv)), "chord": ((sft,), (grpo,)),
+        "a_chord": ((sft,), (grpo, adv)), "dpo": ((), (dpo,)), "a_dpo": ((), (dpo, adv)),
+        "kto": ((), (kto,)), "a_kto": ((), (kto, adv)),
     }
     for name, (sft_terms, pref_terms) in expect.items():
         p = get_algorithm(name)
-        assert (p.sft_terms, p.pref_terms) == (sft_terms, pref_terms), name
+        assert (p.sft, p.pref) == (sft_terms, pref_terms), name
         load_config(None, [f"algorithm={name}"])  # selectable by name in the config
     assert get_algorithm("chord").weighting == "chord_mu" and get_algorithm("unified").weighting == "alpha"
 
@@ -163,14 +171,18 @@ def test_slice_weights_follow_the_weighting_rule():
 
 def test_register_algorithm_rejects_bad_paradigms():
     with pytest.raises(ValueError, match="at most one"):
-        register_algorithm(Paradigm("bad1", pref_terms=("grpo", "dpo")))
+        register_algorithm(Paradigm("bad1", pref=(("grpo", 1.0), ("dpo", 1.0))))
     with pytest.raises(ValueError, match="weighting"):
-        register_algorithm(Paradigm("bad2", sft_terms=("sft",), weighting="nope"))
-    assert "bad1" not in ALGORITHMS and "bad2" not in ALGORITHMS
+        register_algorithm(Paradigm("bad2", sft=(("sft", 1.0),), weighting="nope"))
+    with pytest.raises(ValueError, match="cannot stand on the sft slice"):
+        register_algorithm(Paradigm("bad3", sft=(("grpo", 1.0),)))
+    with pytest.raises(ValueError, match="unknown term"):
+        register_algorithm(Paradigm("bad4", pref=(("ppo", 1.0),)))
+    assert not {"bad1", "bad2", "bad3", "bad4"} & set(ALGORITHMS)
 
 
 def test_chord_expert_share_sets_sft_rows():
-    from uniapl.jobs import sft_batch_size
+    from uniapl.training.batch import sft_batch_size
 
     cfg = load_config(None, ["algorithm=chord", "loss.chord.expert_share=0.2", "train.pref_batch_size=8",
                              "rollout.num_generations=4", "train.sft_batch_size=3"])

@@ -8,7 +8,6 @@ from uniapl.losses.grpo import group_advantages, grpo_loss, k3_kl
 from uniapl.losses.importance import rollout_importance_weights
 from uniapl.losses.kto import kto_loss, kto_reference_point
 from uniapl.losses.sft import sft_loss
-from uniapl.losses.unified import unified_objective
 
 __all__ = [
     "adversarial_loss",
@@ -27,5 +26,4 @@ __all__ = [
     "rollout_importance_weights",
     "sequence_logprobs",
     "sft_loss",
-    "unified_objective",
 ]
