@@ -40,7 +40,7 @@ def worker(args) -> dict:
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from uniapl.logprobs import completion_logprobs
+    from uniapl.models.logprobs import completion_logprobs
 
     torch.manual_seed(0)
     device = torch.device(args.device)

@@ -46,7 +46,7 @@ def load_prompts(tokenizer, path: Path, n: int) -> list[list[int]]:
 
 
 def max_logprob_diff(model, batch, temperature: float) -> float:
-    from uniapl.logprobs import completion_logprobs
+    from uniapl.models.logprobs import completion_logprobs
 
     ids, attn = batch.sequences()
     with torch.no_grad():

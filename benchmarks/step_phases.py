@@ -47,8 +47,9 @@ class Setup:
 
     def __init__(self, overrides: list[str] = ()):
         from uniapl.config import load_config
-        from uniapl.models import eos_token_ids
-        from uniapl.pipeline import _records_for, build_policy
+        from uniapl.models.loading import eos_token_ids
+        from uniapl.models.loading import build_policy
+        from uniapl.training.validation import stage_records
 
         self.tmp = tempfile.mkdtemp(prefix="uniapl-bench-")
         atexit.register(shutil.rmtree, self.tmp, ignore_errors=True)
@@ -60,7 +61,7 @@ class Setup:
         self.eos = eos_token_ids(self.model, self.tokenizer)
         self.records = {}
         for algo in ("grpo", "unified"):
-            sft, pref, _ = _records_for(self.config(algo))
+            sft, pref, _ = stage_records(self.config(algo))
             self.records[algo] = (sft, pref)
         warm_up_checkers([r for _, pref in self.records.values() for r in pref])
 

@@ -48,9 +48,10 @@ def run_variant(name: str, args) -> dict:
     from accelerate import Accelerator
 
     from uniapl.config import load_config
-    from uniapl.models import eos_token_ids
-    from uniapl.pipeline import _policy_for_stage, _records_for
+    from uniapl.models.loading import eos_token_ids
+    from uniapl.training.run import policy_for_stage
     from uniapl.training.trainer import Trainer
+    from uniapl.training.validation import stage_records
 
     d, f = _smollm2()
     cfg = load_config(None, [f"model.name_or_path={d}", f"model.gguf_file={f}", "algorithm=sft", "eval.enabled=false",
@@ -58,8 +59,8 @@ def run_variant(name: str, args) -> dict:
                              "data.synthetic.n_train=64", "data.synthetic.check_language=false",
                              f"train.steps={args.steps}", "logging.progress=false", *VARIANTS[name]])
     torch.manual_seed(0)
-    sft, pref, _ = _records_for(cfg)
-    model, tok = _policy_for_stage(cfg, None, None)
+    sft, pref, _ = stage_records(cfg)
+    model, tok = policy_for_stage(cfg, None, None)
     t = Trainer(cfg, Accelerator(cpu=True), model, tok, sft_records=sft, pref_records=pref, stage_dir=args.tmp,
                 eos_ids=eos_token_ids(model, tok))
     jobs = [t.jobs.build(i, {}) for i in range(args.steps)]
@@ -81,7 +82,7 @@ def run_variant(name: str, args) -> dict:
     secs = time.perf_counter() - t0
     stop.set()
     th.join()
-    from uniapl.lora import parameter_counts
+    from uniapl.models.lora import parameter_counts
 
     trainable, total = parameter_counts(t.saved_model)
     tokens = sum(int(job.attn.sum()) for j in jobs for job in j.jobs)

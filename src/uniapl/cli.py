@@ -12,7 +12,7 @@ import traceback
 
 def _train(args: argparse.Namespace) -> int:
     from uniapl.config import load_config
-    from uniapl.pipeline import run_training
+    from uniapl.training.run import run_training
 
     overrides = list(args.overrides)
     cfg = load_config(args.config, overrides)
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("overrides", nargs="*", help="dotted overrides, e.g. output_dir=runs/exp seeds=[0] "
                                                 "select=[sft,grpo] overrides.train.sft_batch_size=4")
     e.set_defaults(func=_experiment)
-    for mod in ("uniapl.verifiers.cli", "uniapl.discriminators.cli", "uniapl.data.cli", "uniapl.eval_cli", "uniapl.convert"):
+    for mod in ("uniapl.verifiers.cli", "uniapl.discriminators.cli", "uniapl.data.cli", "uniapl.evaluation.cli", "uniapl.models.convert"):
         try:
             module = __import__(mod, fromlist=["add_subparser"])
         except ModuleNotFoundError as e:
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run a command. A user's mistake (`uniapl.errors.UserError`: a config key, a data line, a path, a
     server) is one line on stderr and exit status 2; `--debug` (anywhere on the line) or UNIAPL_DEBUG=1
     also prints its traceback. Any other exception is a bug and keeps its traceback."""
-    from uniapl.errors import UserError
+    from uniapl.infra.errors import UserError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("UNIAPL_DEBUG", "") not in ("", "0")

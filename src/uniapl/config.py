@@ -15,12 +15,11 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
-from uniapl.config_schema import ConfigError, deep_merge, from_dict, set_dotted, to_dict
 from uniapl.data.synthetic import SyntheticTaskConfig
 from uniapl.discriminators.config import DiscriminatorConfig
+from uniapl.infra.schema import ConfigError, deep_merge, from_dict, set_dotted, to_dict
 from uniapl.rollout.engine import EngineOptions
-
-ALGORITHM_NAMES = ("sft", "grpo", "a_sft", "a_grpo", "unified", "chord", "a_chord", "dpo", "a_dpo", "kto", "a_kto")
+from uniapl.rollout.vllm_engine import VLLMConfig
 
 
 @dataclass
@@ -151,27 +150,6 @@ class TrainConfig:
         if bad:
             k, rule = bad[0]
             raise ValueError(f"key 'train.{k}' must be {rule}, got {getattr(self, k)}")
-
-
-@dataclass
-class VLLMConfig:
-    """rollout.engine: vllm, colocated in the trainer's process (uniapl.rollout.vllm_engine; README "vLLM")."""
-
-    gpu_memory_utilization: float = 0.3  # share of GPU memory for vLLM's weights + KV cache (CUDA)
-    kv_cache_gb: float = 1.0  # KV cache size on the CPU (vLLM's VLLM_CPU_KVCACHE_SPACE)
-    max_model_len: Optional[int] = None  # prompt + completion tokens; None: data.max_prompt_tokens + max_new_tokens
-    max_num_seqs: int = 256  # sequences decoded together
-    enforce_eager: bool = True  # no CUDA graphs / torch.compile (start-up in seconds; slower decode)
-    enable_prefix_caching: bool = True  # the G samples of a prompt share its prefill
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: the policy's dtype
-    seed: int = 0
-    logprobs_mode: Literal["processed_logprobs", "raw_logprobs"] = "processed_logprobs"
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.gpu_memory_utilization <= 1.0:
-            raise ValueError(f"key 'gpu_memory_utilization' must be in (0, 1], got {self.gpu_memory_utilization}")
-        if self.kv_cache_gb <= 0 or self.max_num_seqs < 1 or (self.max_model_len is not None and self.max_model_len < 2):
-            raise ValueError("keys 'kv_cache_gb' (> 0), 'max_num_seqs' (>= 1), 'max_model_len' (>= 2) out of range")
 
 
 @dataclass

@@ -5,8 +5,8 @@ import sys
 
 from tests.core.dist_worker import save_rank_weights
 from uniapl.config import load_config
-from uniapl.pipeline import run_training
 from uniapl.training import batch
+from uniapl.training.run import run_training
 
 _build = batch.BatchBuilder.build
 

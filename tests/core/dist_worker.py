@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from uniapl.config import load_config
-from uniapl.pipeline import run_training
+from uniapl.training.run import run_training
 
 
 def save_rank_weights(name, model, acc):

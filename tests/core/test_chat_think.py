@@ -6,8 +6,8 @@ import torch
 from tests.core.test_hf_model_and_chat import QWEN3_LIKE, THINK
 from uniapl.data.chat import encode_prompt, encode_target, strip_think
 from uniapl.data.records import Record
-from uniapl.evaluation import decode_completions
-from uniapl.models import build_embedded_tokenizer
+from uniapl.evaluation.ifeval import decode_completions
+from uniapl.models.loading import build_embedded_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ import textwrap
 import pytest
 
 from uniapl.config import load_config, stage_configs
-from uniapl.config_schema import ConfigError
+from uniapl.infra.schema import ConfigError
 
 
 def write(tmp_path, text):

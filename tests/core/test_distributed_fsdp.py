@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from tests.conftest import TINY
 from uniapl.config import load_config
-from uniapl.pipeline import run_training
+from uniapl.training.run import run_training
 
 ROOT = Path(__file__).parents[2]
 # every process samples ALL 4 records (a permutation) and greedy rollouts: the 2-process global batch is the

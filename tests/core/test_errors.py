@@ -205,12 +205,12 @@ def test_debug_shows_the_traceback_of_a_user_error(tmp_path, capsys):
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch):
-    import uniapl.pipeline
+    import uniapl.training.run
 
     def boom(cfg, on_stage_end=None):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(uniapl.pipeline, "run_training", boom)
+    monkeypatch.setattr(uniapl.training.run, "run_training", boom)
     with pytest.raises(RuntimeError, match="a bug"):
         main(["train", "configs/quickstart.yaml"])
 

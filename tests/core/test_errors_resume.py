@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from tests.conftest import TINY
 from uniapl.config import load_config
-from uniapl.pipeline import run_training
+from uniapl.training.run import run_training
 
 # two stages (warm-up SFT, then UniAPL), 4 steps each, a checkpoint every 2 steps
 ARGS = ["configs/quickstart.yaml", *TINY, "stages.0.overrides.train.steps=4", "stages.0.overrides.train.sft_batch_size=4",

@@ -12,8 +12,8 @@ pytest.importorskip("lm_eval")
 
 from uniapl.cli import main  # noqa: E402
 from uniapl.config import EmbeddedModelConfig  # noqa: E402
-from uniapl.eval_general import GeneralEvalError, flatten_results, resolve_model  # noqa: E402
-from uniapl.models import build_embedded_model, build_embedded_tokenizer  # noqa: E402
+from uniapl.evaluation.general import GeneralEvalError, flatten_results, resolve_model  # noqa: E402
+from uniapl.models.loading import build_embedded_model, build_embedded_tokenizer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 MC = [("The capital of France is", ["Paris", "Rome", "blue"]), ("Two plus two is", ["four", "wet"]),
@@ -167,7 +167,7 @@ def test_eval_general_config_block_lands_in_summary(tiny_overrides, tasks_and_ex
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from uniapl.config import load_config
-    from uniapl.pipeline import run_training
+    from uniapl.training.run import run_training
 
     tasks, _ = tasks_and_expected
     cfg = load_config(None, tiny_overrides + ["algorithm=sft", "train.steps=1", "eval.general.tasks=[tiny_mc]",

@@ -5,16 +5,17 @@ import pytest
 from accelerate import Accelerator
 
 from uniapl.config import load_config
-from uniapl.models import eos_token_ids
-from uniapl.pipeline import _records_for, build_policy
+from uniapl.models.loading import eos_token_ids
+from uniapl.models.loading import build_policy
 from uniapl.training.trainer import Trainer
+from uniapl.training.validation import stage_records
 
 
 def _update_calls(tiny_overrides, tmp_path, ckpt, with_jobs=False):
     """(layer calls, MLP calls) of the first decoder layer during one update."""
     cfg = load_config(None, tiny_overrides + ["algorithm=grpo", "eval.enabled=false", "loss.grpo.beta=0",
                                               f"model.gradient_checkpointing={str(ckpt).lower()}"])
-    sft, pref, _ = _records_for(cfg)
+    sft, pref, _ = stage_records(cfg)
     model, tok = build_policy(cfg, None)
     t = Trainer(cfg, Accelerator(cpu=True), model, tok, sft_records=sft, pref_records=pref, stage_dir=tmp_path,
                 eos_ids=eos_token_ids(model, tok))

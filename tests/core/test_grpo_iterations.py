@@ -5,15 +5,16 @@ import torch
 from accelerate import Accelerator
 
 from uniapl.config import load_config
-from uniapl.models import eos_token_ids
-from uniapl.pipeline import _records_for, build_policy
+from uniapl.models.loading import eos_token_ids
+from uniapl.models.loading import build_policy
 from uniapl.training.metrics import UpdateLog
 from uniapl.training.trainer import Trainer
+from uniapl.training.validation import stage_records
 
 
 def _trainer(tiny_overrides, tmp_path, *extra):
     cfg = load_config(None, tiny_overrides + ["algorithm=unified", "eval.enabled=false", *extra])
-    sft, pref, _ = _records_for(cfg)
+    sft, pref, _ = stage_records(cfg)
     model, tok = build_policy(cfg, None)
     return Trainer(cfg, Accelerator(cpu=True), model, tok, sft_records=sft, pref_records=pref, stage_dir=tmp_path,
                    eos_ids=eos_token_ids(model, tok))

@@ -6,7 +6,7 @@ import pytest
 
 from uniapl.data.chat import encode_prompt, encode_target
 from uniapl.data.records import Record
-from uniapl.models import build_embedded_model, build_embedded_tokenizer
+from uniapl.models.loading import build_embedded_model, build_embedded_tokenizer
 
 QWEN3_LIKE = (
     "{%- for m in messages %}{{- '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{%- endfor %}"
@@ -53,7 +53,7 @@ def test_prompt_ends_with_empty_think_block_and_is_masked(local_model):
 
 def test_train_local_model_dir_on_jsonl(local_model, tmp_path):
     from uniapl.config import load_config
-    from uniapl.pipeline import run_training
+    from uniapl.training.run import run_training
 
     d, _ = local_model
     data = tmp_path / "train.jsonl"

@@ -80,16 +80,17 @@ def _trainer(tmp_path, overrides):
     from accelerate import Accelerator
 
     from uniapl.config import load_config
-    from uniapl.models import eos_token_ids
-    from uniapl.pipeline import _records_for, build_policy
+    from uniapl.models.loading import eos_token_ids
+    from uniapl.models.loading import build_policy
     from uniapl.training.trainer import Trainer
+    from uniapl.training.validation import stage_records
 
     cfg = load_config("configs/quickstart.yaml", ["stages=[]", f"output_dir={tmp_path}", "logging.progress=false",
                                                   "algorithm=grpo", "train.pref_batch_size=2", "rollout.max_new_tokens=8",
                                                   "rollout.num_generations=2", *overrides])
     torch.manual_seed(0)
     model, tok = build_policy(cfg, None)
-    sft, pref, _ = _records_for(cfg)
+    sft, pref, _ = stage_records(cfg)
     return Trainer(cfg, Accelerator(cpu=True), model, tok, sft_records=sft, pref_records=pref, stage_dir=tmp_path,
                    eos_ids=eos_token_ids(model, tok))
 

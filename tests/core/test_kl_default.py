@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 from uniapl.config import load_config
-from uniapl.pipeline import run_training
+from uniapl.training.run import run_training
 
 
 def test_default_beta_is_the_papers_and_kl_is_reported(tiny_overrides):

@@ -4,10 +4,9 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
-from uniapl.logprobs import ChunkedHeadLogprobs, _shared_prompt_hidden, PolicyLogprobs, completion_logprobs, selective_log_softmax
+from uniapl.models.logprobs import ChunkedHeadLogprobs, _shared_prompt_hidden, PolicyLogprobs, completion_logprobs, selective_log_softmax
 from uniapl.rollout import EngineOptions, SamplingParams, build_engine
 from uniapl.rollout.engine import KVCacheEngine, generate
-from uniapl.rollout.hf_sampler import sample
 from uniapl.rollout.sampling import next_tokens
 from uniapl.rollout.steppers import HFDynamicStepper, StaticKVStepper, make_stepper, static_kv_unsupported
 
@@ -138,8 +137,8 @@ def test_static_kv_cache_is_used_for_qwen3_and_dynamic_otherwise(model):
 @pytest.mark.parametrize("cache", ["static", "dynamic"])
 def test_greedy_engine_matches_hf_generate(model, cache):
     prompts = [[5, 6, 7, 8], [9, 10], [11, 12, 13, 14, 15, 16, 17]]
-    out = sample(model, prompts, SamplingParams(max_new_tokens=10, temperature=0.0), eos_token_ids=[EOS],
-                 pad_token_id=0, cache=cache)
+    out = generate(model, prompts, SamplingParams(max_new_tokens=10, temperature=0.0), eos_token_ids=[EOS],
+                 pad_token_id=0, options=EngineOptions(cache=cache))
     for i, p in enumerate(prompts):
         ref = model.generate(torch.tensor([p]), max_new_tokens=10, do_sample=False, eos_token_id=EOS, pad_token_id=0)
         n = int(out.completion_mask[i].sum())
@@ -157,7 +156,7 @@ def test_other_architectures_greedy_match_hf_generate(make):
     torch.manual_seed(0)
     m = make().eval()
     prompts = [[5, 6, 7, 8], [9, 10, 11]]
-    out = sample(m, prompts, SamplingParams(max_new_tokens=8, temperature=0.0), eos_token_ids=[EOS], pad_token_id=0)
+    out = generate(m, prompts, SamplingParams(max_new_tokens=8, temperature=0.0), eos_token_ids=[EOS], pad_token_id=0)
     for i, p in enumerate(prompts):
         ref = m.generate(torch.tensor([p]), max_new_tokens=8, do_sample=False, eos_token_id=EOS, pad_token_id=0)
         n = int(out.completion_mask[i].sum())
@@ -168,7 +167,7 @@ def test_other_architectures_greedy_match_hf_generate(make):
 @pytest.mark.parametrize("top_k,top_p", [(0, 1.0), (20, 0.9)])
 def test_sampled_logprobs_equal_teacher_forced(model, cache, top_k, top_p):
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8]]
-    eng = build_engine("hf", model=model, eos_token_ids=[EOS], pad_token_id=0, cache=cache)
+    eng = build_engine("hf", model=model, eos_token_ids=[EOS], pad_token_id=0, options=EngineOptions(cache=cache))
     params = SamplingParams(max_new_tokens=9, temperature=0.9, top_k=top_k, top_p=top_p, num_samples=3, seed=3)
     out = eng.generate(prompts, params)
     assert out.completion_ids.shape[0] == 6 and out.prompt_ids.shape[0] == 6
@@ -187,8 +186,8 @@ def test_static_cache_engine_equals_dynamic_cache_engine(model):
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8], [9], [1, 2, 3]]
     for params in (SamplingParams(max_new_tokens=12, temperature=0.0),
                    SamplingParams(max_new_tokens=12, temperature=1.0, num_samples=2, seed=7)):
-        a = sample(model, prompts, params, eos_token_ids=[EOS], pad_token_id=0, cache="static")
-        b = sample(model, prompts, params, eos_token_ids=[EOS], pad_token_id=0, cache="dynamic")
+        a = generate(model, prompts, params, eos_token_ids=[EOS], pad_token_id=0, options=EngineOptions(cache="static"))
+        b = generate(model, prompts, params, eos_token_ids=[EOS], pad_token_id=0, options=EngineOptions(cache="dynamic"))
         assert torch.equal(a.completion_ids, b.completion_ids) and torch.equal(a.completion_mask, b.completion_mask)
         assert torch.allclose(a.logprobs, b.logprobs, atol=1e-5)
 
@@ -230,17 +229,17 @@ def test_all_rows_ending_stops_the_loop(model):
     eos_model = _qwen3()
     with torch.no_grad():
         eos_model.model.norm.weight.zero_()  # hidden -> 0: all logits 0; argmax is token 0
-    out = sample(eos_model, [[1, 2], [3, 4, 5]], SamplingParams(max_new_tokens=5, temperature=0.0), eos_token_ids=[0],
+    out = generate(eos_model, [[1, 2], [3, 4, 5]], SamplingParams(max_new_tokens=5, temperature=0.0), eos_token_ids=[0],
                  pad_token_id=0)
     assert out.completion_ids.shape[1] == 1 and out.completion_mask.tolist() == [[1], [1]]
 
 
 def test_top_p_and_top_k_restrict_support(model):
-    out = sample(model, [[3, 4, 5]], SamplingParams(max_new_tokens=4, temperature=1.0, top_k=1, num_samples=4, seed=0),
+    out = generate(model, [[3, 4, 5]], SamplingParams(max_new_tokens=4, temperature=1.0, top_k=1, num_samples=4, seed=0),
                  eos_token_ids=[EOS], pad_token_id=0)
     # top_k = 1 is greedy: all samples identical
     assert all(torch.equal(out.completion_ids[0], out.completion_ids[i]) for i in range(4))
-    out_p = sample(model, [[3, 4, 5]], SamplingParams(max_new_tokens=4, temperature=1.0, top_p=1e-6, num_samples=4, seed=0),
+    out_p = generate(model, [[3, 4, 5]], SamplingParams(max_new_tokens=4, temperature=1.0, top_p=1e-6, num_samples=4, seed=0),
                    eos_token_ids=[EOS], pad_token_id=0)
     assert all(torch.equal(out_p.completion_ids[0], out_p.completion_ids[i]) for i in range(4))
 
@@ -263,7 +262,7 @@ def test_engine_restores_threads_and_training_mode(model):
     threads = torch.get_num_threads()
     model.train()
     try:
-        sample(model, [[1, 2, 3]], SamplingParams(max_new_tokens=3, temperature=1.0, seed=0), eos_token_ids=[EOS],
+        generate(model, [[1, 2, 3]], SamplingParams(max_new_tokens=3, temperature=1.0, seed=0), eos_token_ids=[EOS],
                pad_token_id=0)
         assert model.training and torch.get_num_threads() == threads
     finally:

@@ -11,12 +11,14 @@ from accelerate import Accelerator
 from safetensors.torch import load_file
 
 from uniapl.config import load_config
-from uniapl.config_schema import ConfigError
-from uniapl.lora import merged_state_dict, policy_module
-from uniapl.models import eos_token_ids
-from uniapl.pipeline import _policy_for_stage, _records_for, build_policy, run_training
+from uniapl.infra.schema import ConfigError
+from uniapl.models.loading import eos_token_ids
+from uniapl.models.loading import build_policy
+from uniapl.models.lora import merged_state_dict, policy_module
 from uniapl.rollout import SamplingParams, build_engine
+from uniapl.training.run import policy_for_stage, run_training
 from uniapl.training.trainer import Trainer
+from uniapl.training.validation import stage_records
 
 LORA = ["model.lora={r: 4, alpha: 8, target_modules: [q_proj, v_proj], merge_final: true}"]
 
@@ -50,8 +52,8 @@ def test_lora_trains_adapters_saves_them_and_a_merged_model(tiny_overrides):
 
 def test_reference_is_the_adapter_disabled_policy_and_engines_see_the_adapters(tiny_overrides, tmp_path):
     cfg = load_config(None, tiny_overrides + LORA + ["algorithm=grpo", "eval.enabled=false"])
-    sft, pref, _ = _records_for(cfg)
-    peft_model, tok = _policy_for_stage(cfg, None, None)
+    sft, pref, _ = stage_records(cfg)
+    peft_model, tok = policy_for_stage(cfg, None, None)
     eos = eos_token_ids(peft_model, tok)
     t = Trainer(cfg, Accelerator(cpu=True), peft_model, tok, sft_records=sft, pref_records=pref, stage_dir=tmp_path,
                 eos_ids=eos)

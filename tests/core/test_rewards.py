@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from uniapl.config import RewardConfig, load_config
-from uniapl.config_schema import ConfigError
 from uniapl.data.loaders import record_from_row
+from uniapl.infra.schema import ConfigError
 from uniapl.rewards import RewardError, RewardFunction, Rewards, nanstd, reward_metrics, weighted_sum
 from uniapl.rewards.functions import call_function
 from uniapl.rewards.math import extract_final_answer, final_answer, same_answer

@@ -7,8 +7,8 @@ import pytest
 from safetensors.torch import load_file
 
 from tests.conftest import TINY
-from uniapl import stage_cache
 from uniapl.cli import main
+from uniapl.training import stage_cache
 
 ARGS = ["configs/quickstart.yaml", *TINY, "stages.0.overrides.train.steps=3", "stages.0.overrides.train.sft_batch_size=4"]
 

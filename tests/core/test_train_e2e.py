@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from uniapl.cli import main
 from uniapl.config import load_config
-from uniapl.pipeline import run_training
+from uniapl.training.run import run_training
 
 METRICS = ("prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loose_acc", "inst_level_loose_acc")
 
@@ -75,7 +75,7 @@ def test_resume_continues_from_last_checkpoint(tiny_overrides, tmp_path):
 
 
 def test_incomplete_checkpoint_is_ignored(tiny_overrides, tmp_path):
-    from uniapl.checkpoint import latest_checkpoint
+    from uniapl.training.checkpoint import latest_checkpoint
 
     d = tmp_path / "ck"
     (d / "step-000004.tmp").mkdir(parents=True)  # a crash mid-write

@@ -33,7 +33,7 @@ def tiny_teacher_dir(tmp_path_factory) -> Path:
     head_dim 32: a size vLLM's CPU attention supports.
     """
     from uniapl.config import EmbeddedModelConfig
-    from uniapl.models import build_embedded_model, build_embedded_tokenizer
+    from uniapl.models.loading import build_embedded_model, build_embedded_tokenizer
 
     tok = build_embedded_tokenizer(tokenizer_texts(), 300)
     cfg = EmbeddedModelConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,

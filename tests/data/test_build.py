@@ -246,7 +246,7 @@ def test_decontaminate_against_a_file(tmp_path):
 
 def test_output_read_by_train_loader_and_ifeval_score(tmp_path, capsys):
     from uniapl.config import load_config
-    from uniapl.pipeline import _records_for
+    from uniapl.training.validation import stage_records
 
     base = tmp_path / "base.txt"
     base.write_text("\n".join(BASE) + "\n")
@@ -254,7 +254,7 @@ def test_output_read_by_train_loader_and_ifeval_score(tmp_path, capsys):
     assert main(["data", "build", str(base), "--output", str(out), "--num-constraints", "1", "--seed", "3",
                  "--instructions", "punctuation:no_comma,detectable_format:title", "--no-progress"]) == 0
     cfg = load_config(None, ["algorithm=grpo", f"data.train.path={out}", f"data.eval.path={out}"])
-    _, pref, ev = _records_for(cfg)
+    _, pref, ev = stage_records(cfg)
     assert len(pref) == len(ev) == len(BASE)
     assert pref[0].prompt == _jsonl(out)[0]["prompt"] and pref[0].instruction_id_list
 

@@ -1,16 +1,13 @@
 """Every built-in discriminator can be chosen by name in a training config and used as the trainer does."""
 
 import importlib.util
-
 import pytest
 import torch
 
-from uniapl.discriminators import SCORERS, AdversarialDiscriminator, build_discriminator, config_from_dict
+from uniapl.discriminators import SCORERS, AdversarialDiscriminator, build_discriminator
 
 
 def _config(tmp_path, section: dict):
-    if importlib.util.find_spec("uniapl.config") is None:
-        return config_from_dict(section)
     import yaml
 
     from uniapl.config import load_config

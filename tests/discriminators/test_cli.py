@@ -3,7 +3,6 @@
 import argparse
 import importlib.util
 import json
-import sys
 
 import pytest
 
@@ -60,13 +59,16 @@ def test_bad_input_exits_2(tmp_path, capsys):
     assert "no reference" in capsys.readouterr().err
 
 
-def test_fallback_reads_discriminator_section(tmp_path, monkeypatch):
-    cfg, _, _ = _write(tmp_path, [], "discriminator:\n  name: learned\n  learned: {lr: 0.5}\nother: {x: 1}\n")
-    monkeypatch.setitem(sys.modules, "uniapl.config", None)  # as if the trainer's loader were absent
+def test_reads_the_discriminator_section_through_the_one_config_loader(tmp_path):
+    cfg, _, _ = _write(tmp_path, [], "discriminator:\n  name: learned\n  learned: {lr: 0.5}\n")
     dcfg = load_discriminator_config(cfg, ["discriminator.batch_size=7", "discriminator.learned.optimizer=sgd"])
     assert (dcfg.name, dcfg.batch_size, dcfg.learned.lr, dcfg.learned.optimizer) == ("learned", 7, 0.5, "sgd")
-    with pytest.raises(ValueError):
-        load_discriminator_config(cfg, ["train.steps=3"])
+    with pytest.raises(ValueError, match="discriminator.nope"):
+        load_discriminator_config(cfg, ["discriminator.nope=3"])
+    (tmp_path / "other").mkdir()
+    other, _, _ = _write(tmp_path / "other", [], "discriminator:\n  name: learned\nother: {x: 1}\n")
+    with pytest.raises(ValueError, match="other"):  # the whole file is a config: an unknown section is named
+        load_discriminator_config(other, [])
 
 
 @pytest.mark.skipif(importlib.util.find_spec("uniapl.config") is None, reason="the trainer's config loader is not in this checkout")

@@ -9,7 +9,6 @@ from uniapl.discriminators import (
     DiscriminatorConfig,
     LexicalScorer,
     build_discriminator,
-    config_from_dict,
     register_discriminator,
 )
 
@@ -116,6 +115,12 @@ def test_unknown_names_fail_clearly():
 
 
 def test_config_from_dict():
+    """The discriminator section goes through the one config loader (uniapl.infra.schema)."""
+    from uniapl.infra.schema import from_dict
+
+    def config_from_dict(section):
+        return from_dict(DiscriminatorConfig, section, prefix="discriminator")
+
     cfg = config_from_dict({"name": "polar_server", "server": {"url": "http://x:1", "backend": "vllm"}, "batch_size": 8})
     assert cfg.server.url == "http://x:1" and cfg.server.backend == "vllm" and cfg.batch_size == 8
     with pytest.raises(ValueError, match="unknown"):

@@ -9,8 +9,8 @@ import pytest
 from tests.conftest import TINY
 from uniapl.analysis.stats import gaussian_kde, mean_ci95, wasserstein_1d
 from uniapl.cli import main
-from uniapl.config_schema import ConfigError
 from uniapl.experiment import expand_runs, load_experiment
+from uniapl.infra.schema import ConfigError
 
 SMOKE = "configs/experiments/laptop_smoke.yaml"
 FULL = "configs/experiments/laptop.yaml"

@@ -13,12 +13,12 @@ import pytest
 from tests.conftest import TINY
 from uniapl.analysis.stats import paired_bootstrap, paired_t
 from uniapl.cli import main
-from uniapl.config_schema import ConfigError
 from uniapl.data.synthetic import SyntheticTaskConfig, generate_task
 from uniapl.experiment import expand_runs, load_experiment
 from uniapl.experiment.config import RunSpec, SplitConfig, expand_tuning_runs
 from uniapl.experiment.runner import choose_tuned
 from uniapl.experiment.split import split_records, write_split
+from uniapl.infra.schema import ConfigError
 
 FAIR = "configs/experiments/laptop_fair.yaml"
 SHIPPED = ("laptop_fair", "laptop_lambda", "laptop_ablations", "smollm2")
@@ -185,7 +185,7 @@ def test_split_by_key_is_disjoint_deterministic_and_guarded(tmp_path):
 
 def test_written_responses_rescore_to_the_evaluation_metrics(tmp_path, capsys):
     from uniapl.analysis.report import RunData, write_responses
-    from uniapl.evaluation import counts_for, metrics_from_counts
+    from uniapl.evaluation.ifeval import counts_for, metrics_from_counts
 
     task = generate_task(SyntheticTaskConfig(n_train=4, n_eval=12, n_warmup=0, check_language=False))
     records = task["eval"]
@@ -211,7 +211,7 @@ def test_teacher_answer_logprobs_match_a_direct_forward():
     from uniapl.analysis.logp import teacher_answer_logprobs
     from uniapl.config import load_config
     from uniapl.data.chat import encode_prompt
-    from uniapl.pipeline import build_policy
+    from uniapl.models.loading import build_policy
 
     cfg = load_config("configs/quickstart.yaml", TINY + ["stages=[]"])
     model, tok = build_policy(cfg, None)
@@ -238,15 +238,16 @@ def test_same_seed_draws_the_same_prompts_across_methods():
 
     from uniapl.algorithms import get_algorithm
     from uniapl.config import load_config
-    from uniapl.models import eos_token_ids
-    from uniapl.pipeline import _records_for, build_policy
+    from uniapl.models.loading import eos_token_ids
+    from uniapl.models.loading import build_policy
     from uniapl.training.batch import BatchBuilder
+    from uniapl.training.validation import stage_records
 
     def draws(alg: str, seed: int) -> dict[str, list]:
         cfg = load_config("configs/quickstart.yaml", TINY + ["stages=[]", f"algorithm={alg}", f"seed={seed}",
                                                             "rollout.max_new_tokens=4"])
         model, tok = build_policy(cfg, None)
-        sft, pref, _ = _records_for(cfg)
+        sft, pref, _ = stage_records(cfg)
         jb = BatchBuilder(cfg, get_algorithm(alg), tok, sft_records=sft, pref_records=pref,
                           eos_ids=eos_token_ids(model, tok), policy_model=lambda: model, accelerator=Accelerator(cpu=True))
         seen: dict[str, list] = {"sft": [], "pref": []}

@@ -3,8 +3,8 @@
 import pytest
 
 from uniapl.data.loaders import DataError
+from uniapl.data.pairs import PairBuilder
 from uniapl.data.records import Record
-from uniapl.preference import PairBuilder
 
 
 def rec(**kw):

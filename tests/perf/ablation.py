@@ -27,11 +27,11 @@ import time
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
-import uniapl.rollout.engine as engine_mod
-import uniapl.rollout.steppers as steppers_mod
-from uniapl.logprobs import completion_logprobs
+from uniapl.models.logprobs import completion_logprobs
 from uniapl.rollout import EngineOptions, SamplingParams
+import uniapl.rollout.engine as engine_mod
 from uniapl.rollout.engine import generate
+import uniapl.rollout.steppers as steppers_mod
 
 
 def quickstart_like(seed: int = 0) -> Qwen3ForCausalLM:

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
-from uniapl.logprobs import completion_logprobs
+from uniapl.models.logprobs import completion_logprobs
 from uniapl.rollout import EngineOptions, SamplingParams
 from uniapl.rollout.engine import generate
 

@@ -15,9 +15,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
-import uniapl.rollout.engine as engine_mod
-from uniapl.logprobs import completion_logprobs
+from uniapl.models.logprobs import completion_logprobs
 from uniapl.rollout import EngineOptions, SamplingParams
+import uniapl.rollout.engine as engine_mod
 from uniapl.rollout.engine import generate
 from uniapl.rollout.steppers import StaticKVStepper
 

@@ -10,8 +10,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from uniapl.cli import main
-from uniapl.convert import convert_gguf
-from uniapl.models import build_embedded_tokenizer
+from uniapl.models.convert import convert_gguf
+from uniapl.models.loading import build_embedded_tokenizer
 
 gguf = pytest.importorskip("gguf")
 

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
 from uniapl.config import ConfigError, load_config
-from uniapl.logprobs import completion_logprobs
+from uniapl.models.logprobs import completion_logprobs
 from uniapl.rollout import EngineOptions, SamplingParams
 from uniapl.rollout.engine import PREPACK_MIN_TOKENS, SMALL_DECODE_FLOPS, generate, prepack_rows
 from uniapl.rollout.packed_linear import PackedLinear, maybe_packed, prepack_supported

@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
-from uniapl.logprobs import completion_logprobs
+from uniapl.models.logprobs import completion_logprobs
 from uniapl.rollout import SamplingParams, build_engine
 from uniapl.rollout.vllm_engine import vllm_available
 
@@ -147,7 +147,7 @@ def test_train_with_vllm_engine(tiny_overrides):
     from pathlib import Path
 
     from uniapl.config import load_config
-    from uniapl.pipeline import run_training
+    from uniapl.training.run import run_training
 
     cfg = load_config(None, tiny_overrides + ["algorithm=grpo", "rollout.engine=vllm", "model.embedded.head_dim=32",
                                               "model.embedded.hidden_size=64"])
@@ -161,7 +161,7 @@ def test_train_with_vllm_engine(tiny_overrides):
 def test_missing_vllm_is_a_config_error(model, monkeypatch):
     import sys
 
-    from uniapl.config_schema import ConfigError
+    from uniapl.infra.schema import ConfigError
 
     monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` raises ImportError
     with pytest.raises(ConfigError, match="rollout.engine.*needs vLLM"):
@@ -178,7 +178,7 @@ def test_lora_policy_syncs_its_merged_weights(engine):
             if "lora_B" in n:
                 p.normal_(0, 0.5)  # non-zero adapters: the merged model differs from the base model
     merged = _model(seed=2)
-    from uniapl.lora import merged_state_dict
+    from uniapl.models.lora import merged_state_dict
 
     merged.load_state_dict(merged_state_dict(peft_model))
     try:

@@ -73,7 +73,7 @@ def test_score_errors_name_the_record(tmp_path, capsys):
 def tiny_model_dir(data_dir, tmp_path_factory):
     """A tiny Qwen3 with a BPE tokenizer and a ChatML template, built from config (no download)."""
     from uniapl.config import EmbeddedModelConfig
-    from uniapl.models import build_embedded_model, build_embedded_tokenizer
+    from uniapl.models.loading import build_embedded_model, build_embedded_tokenizer
 
     texts = [json.loads(line)["prompt"] for line in (data_dir / "input_data.jsonl").read_text().splitlines()[:50]]
     tok = build_embedded_tokenizer(texts, 300)

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
+from uniapl.data.layouts import DataError, load_autoif, load_ifbench, load_ifeval_like, load_instruction_data
 from uniapl.data.records import Record
 from uniapl.verifiers import verify
-from uniapl.verifiers.loaders import DataError, load_autoif, load_ifbench, load_ifeval_like, load_instruction_data
 
 
 def _write(tmp_path, rows, name="data.jsonl"):

@@ -165,7 +165,7 @@ def test_environment_is_empty(pool):
 
 
 def test_refuses_without_kernel_isolation_unless_unsafe(monkeypatch):
-    from uniapl.config_schema import ConfigError
+    from uniapl.infra.schema import ConfigError
     from uniapl.verifiers.sandbox import SandboxUnavailable
 
     monkeypatch.setenv("UNIAPL_BWRAP", "/nonexistent/bwrap")  # as on a machine without bubblewrap
@@ -198,7 +198,7 @@ def test_verify_raises_instead_of_scoring_zero_when_refused(monkeypatch):
 
 def test_config_key_sets_the_mode(monkeypatch):
     from uniapl.config import load_config
-    from uniapl.config_schema import ConfigError
+    from uniapl.infra.schema import ConfigError
     from uniapl.verifiers import sandbox
 
     monkeypatch.delenv("UNIAPL_SANDBOX", raising=False)

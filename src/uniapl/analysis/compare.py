@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from uniapl.analysis.stats import paired_bootstrap, paired_t
-from uniapl.evaluation import METRIC_KEYS
+from uniapl.evaluation.ifeval import METRIC_KEYS
+from uniapl.infra.schema import ConfigError
 
 _PROMPT_LEVEL = {"prompt_level_strict_acc": "prompt_strict", "prompt_level_loose_acc": "prompt_loose"}
 _INST_LEVEL = {"inst_level_strict_acc": "inst_strict", "inst_level_loose_acc": "inst_loose"}
@@ -148,4 +149,12 @@ def write_comparisons(out: Path, rows: list[dict[str, Any]], *, primary: str, po
     return ["comparisons.md", "comparisons.csv"]
 
 
-__all__ = ["compare_groups", "write_comparisons"]
+def parse_comparison(text: str) -> tuple[str, str]:
+    """'unified - grpo' -> ('unified', 'grpo'): the difference a - b, paired by seed."""
+    parts = [p.strip() for p in str(text).split(" - ")]
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"comparison {text!r}: write it as 'METHOD_A - METHOD_B' (method keys, spaces around '-')")
+    return parts[0], parts[1]
+
+
+__all__ = ["compare_groups", "parse_comparison", "write_comparisons"]

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import torch
 
-from uniapl.batching import pack, trim_padding
 from uniapl.data.chat import encode_prompt
 from uniapl.data.records import Record
-from uniapl.evaluation import decode_completions
-from uniapl.logprobs import completion_logprobs
+from uniapl.evaluation.ifeval import decode_completions
 from uniapl.losses import sequence_logprobs
+from uniapl.models.logprobs import completion_logprobs
 from uniapl.rollout import SamplingParams
-from uniapl.rollout.hf_sampler import sample
+from uniapl.rollout.engine import generate
+from uniapl.training.batching import pack, trim_padding
 
 
 @torch.no_grad()
@@ -38,7 +38,7 @@ def sample_responses(model, tokenizer, records: list[Record], *, eos_ids: list[i
         part = idx[s : s + batch_size]
         prompts = [encode_prompt(tokenizer, records[i], enable_thinking=enable_thinking, max_tokens=max_prompt_tokens)
                    for i in part]
-        b = sample(model, prompts, SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed + s),
+        b = generate(model, prompts, SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed + s),
                    eos_token_ids=eos_ids, pad_token_id=tokenizer.pad_token_id)
         texts = decode_completions(tokenizer, b.completion_ids, b.completion_mask, eos_ids)
         finished = torch.isin(b.completion_ids.cpu(), eos).any(-1).tolist()

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from uniapl.analysis.stats import mean_ci95, wasserstein_1d
-from uniapl.evaluation import METRIC_KEYS
+from uniapl.evaluation.ifeval import METRIC_KEYS
 
 SHORT = {
     "prompt_level_strict_acc": "prompt strict",
@@ -113,9 +113,9 @@ def load_run(run_dir: Path, seed: int) -> RunData | None:
 def teacher_reference(base_cfg: dict, tokenizer_dir: Path | None) -> dict[str, Any] | None:
     """The data's teacher answers on the held-out prompts: token lengths (student tokenizer, + EOS) and IF metrics."""
     from uniapl.config import Config
-    from uniapl.config_schema import from_dict
     from uniapl.data.loaders import load_records
-    from uniapl.evaluation import counts_for, metrics_from_counts
+    from uniapl.evaluation.ifeval import counts_for, metrics_from_counts
+    from uniapl.infra.schema import from_dict
 
     cfg = from_dict(Config, json.loads(json.dumps(base_cfg)))
     if cfg.data.eval is None or tokenizer_dir is None:
@@ -197,8 +197,8 @@ def write_tables(out: Path, groups: list[Group], refs: list[tuple[str, dict[str,
 def _eval_records(cfg: dict) -> dict[Any, Any]:
     """{key: Record} of a run's held-out prompts (its data.eval, eval.limit)."""
     from uniapl.config import Config
-    from uniapl.config_schema import from_dict
     from uniapl.data.loaders import load_records
+    from uniapl.infra.schema import from_dict
 
     c = dict(cfg)
     c.pop("stages", None)
@@ -291,8 +291,7 @@ def write_report(exp, runs, out: Path, *, warmup_dir: Path | None, teacher_dir: 
                  tuning: dict[str, Any] | None = None) -> dict[str, Any]:
     """table.md/csv, runs.csv + responses/, comparisons.md/csv, tuning.md and the figures in `out`."""
     from uniapl.analysis import plots
-    from uniapl.analysis.compare import compare_groups, write_comparisons
-    from uniapl.experiment.config import parse_comparison
+    from uniapl.analysis.compare import compare_groups, parse_comparison, write_comparisons
 
     groups: dict[str, Group] = {}
     for r in runs:

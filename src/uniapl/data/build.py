@@ -20,7 +20,7 @@ from typing import Any
 
 from uniapl.data.constraints import compose_prompt, constraints_for, generatable_ids
 from uniapl.data.decontaminate import NgramIndex
-from uniapl.data.loaders import DataError, iter_jsonl
+from uniapl.data.jsonl import DataError, iter_jsonl
 
 __all__ = ["BuildStats", "read_base_prompts", "parse_num_constraints", "select_ids", "build_records", "write_jsonl_atomic"]
 

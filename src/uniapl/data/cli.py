@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from uniapl.data.loaders import DataError
+from uniapl.data.jsonl import DataError
 
 
 def build(args: argparse.Namespace) -> int:

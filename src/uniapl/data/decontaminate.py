@@ -40,7 +40,7 @@ def ifeval_prompts() -> list[tuple[Any, str]]:
 
 def load_eval_prompts(path: str | Path, field_name: str = "prompt") -> list[tuple[Any, str]]:
     """(key, prompt) from a JSONL file (IFEval's layout: ``key``, ``prompt``) or a text file (one per line)."""
-    from uniapl.data.loaders import DataError, iter_jsonl
+    from uniapl.data.jsonl import DataError, iter_jsonl
 
     p = Path(path)
     if not p.is_file():

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
+from uniapl.data.jsonl import DataError, iter_jsonl
 from uniapl.data.records import Record
-from uniapl.errors import UserError
 
 # record field -> column names accepted for it, first match wins
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -25,10 +25,6 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "label": ("label",),
     "key": ("key", "id"),
 }
-
-
-class DataError(UserError, ValueError):
-    """A data record is malformed or lacks what the algorithm needs; the message names file and line."""
 
 
 def _check_messages(value: Any, where: str) -> None:
@@ -91,34 +87,6 @@ def record_from_row(row: dict, where: str, field_map: dict[str, str] | None = No
     return Record(**values, source=where, columns=columns)
 
 
-def iter_jsonl(path: str | Path, error: type[Exception] = DataError) -> Iterator[tuple[str, dict]]:
-    """("file:line", object) for each non-blank line of a JSONL file; `error` names the line on bad input.
-
-    The one JSONL reader of the project (training data, responses to score, discriminator triples).
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise error(f"file not found: {p}" if not p.is_dir() else f"{p} is a directory, not a JSONL file")
-    with p.open("rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            where = f"{p}:{lineno}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise error(f"{where}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})") from None
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise error(f"{where}: not valid JSON: {e.msg}") from None
-            except RecursionError:
-                raise error(f"{where}: JSON nested too deeply") from None
-            if not isinstance(row, dict):
-                raise error(f"{where}: expected a JSON object, got {type(row).__name__}")
-            yield where, row
-
-
 def read_jsonl(path: str | Path, field_map: dict[str, str] | None = None, limit: int | None = None) -> list[Record]:
     out = []
     for where, row in iter_jsonl(path):
@@ -176,7 +144,7 @@ def load_records(source, synthetic_cfg=None) -> list[Record]:
         return recs[: source.limit] if source.limit is not None else recs
     fmt = getattr(source, "format", "records")
     if fmt != "records":
-        from uniapl.verifiers import loaders as layouts
+        from uniapl.data import layouts
 
         load = {"ifeval_like": layouts.load_ifeval_like, "ifbench": layouts.load_ifbench, "autoif": layouts.load_autoif}[fmt]
         if Path(path).is_file():

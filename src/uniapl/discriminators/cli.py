@@ -21,35 +21,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import DiscriminatorConfig, config_from_dict
+from .config import DiscriminatorConfig
 
 _CANDIDATE_KEYS = ("candidate", "response", "student", "completion", "output")
 
 
 def load_discriminator_config(path: str, overrides: list[str]) -> DiscriminatorConfig:
-    """The ``discriminator`` section of a uniapl config: via ``uniapl.config.load_config`` when it exists,
-    else read from the YAML directly (``discriminator.a.b=v`` overrides applied)."""
-    try:
-        from uniapl.config import load_config
-    except ImportError:
-        load_config = None
-    if load_config is not None:
-        return load_config(path, list(overrides)).discriminator
+    """The ``discriminator`` section of a uniapl config (``discriminator.a.b=v`` overrides applied)."""
+    from uniapl.config import load_config
 
-    import yaml
-
-    data = yaml.safe_load(Path(path).read_text()) or {}
-    section: dict[str, Any] = dict(data.get("discriminator") or {})
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key.startswith("discriminator."):
-            raise ValueError(f"override {item!r}: expected discriminator.KEY=VALUE")
-        node = section
-        parts = key.split(".")[1:]
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(value)
-    return config_from_dict(section)
+    return load_config(path, list(overrides)).discriminator
 
 
 def _field(rec: dict[str, Any], keys: tuple[str, ...], where: str, what: str) -> Any:
@@ -61,7 +42,7 @@ def _field(rec: dict[str, Any], keys: tuple[str, ...], where: str, what: str) ->
 
 def read_triples(path: str, reference_mode: str) -> tuple[list[dict], list, list, list, list]:
     records, prompts, candidates, teachers, gts = [], [], [], [], []
-    from uniapl.data.loaders import iter_jsonl
+    from uniapl.data.jsonl import iter_jsonl
 
     for where, rec in iter_jsonl(path, error=ValueError):
         prompts.append(_field(rec, ("prompt",), where, "prompt"))
@@ -100,7 +81,7 @@ def _discriminate(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - t0
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    from uniapl.atomic import atomic_write_jsonl
+    from uniapl.infra.atomic import atomic_write_jsonl
 
     atomic_write_jsonl(out, [{**rec, "raw": r, "coef": c} for rec, r, c in zip(records, raw.tolist(), coef.tolist())])
     summary = {

@@ -89,26 +89,3 @@ class DiscriminatorConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     learned: LearnedConfig = field(default_factory=LearnedConfig)
     options: dict[str, Any] = field(default_factory=dict)  # free-form, for user-registered scorers
-
-
-def config_from_dict(data: dict[str, Any] | None) -> DiscriminatorConfig:
-    """Build a DiscriminatorConfig from a plain mapping (the YAML ``discriminator:`` section).
-
-    Unknown keys raise a ValueError naming them, so typos do not pass silently.
-    """
-    data = dict(data or {})
-    nested = {"polar": PolarConfig, "server": ServerConfig, "learned": LearnedConfig}
-    kwargs: dict[str, Any] = {}
-    known = set(DiscriminatorConfig.__dataclass_fields__)
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"unknown discriminator config keys {unknown}; known: {sorted(known)}")
-    for key, value in data.items():
-        if key in nested and isinstance(value, dict):
-            cls = nested[key]
-            bad = sorted(set(value) - set(cls.__dataclass_fields__))
-            if bad:
-                raise ValueError(f"unknown discriminator.{key} keys {bad}; known: {sorted(cls.__dataclass_fields__)}")
-            value = cls(**value)
-        kwargs[key] = value
-    return DiscriminatorConfig(**kwargs)

@@ -29,8 +29,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from uniapl.config_schema import ConfigError
-from uniapl.errors import UserError
+from uniapl.infra.errors import UserError
+from uniapl.infra.schema import ConfigError
 
 from .config import DiscriminatorConfig, ServerConfig
 from .polar import PolarEncoder, load_tokenizer

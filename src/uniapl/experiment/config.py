@@ -32,8 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
+from uniapl.analysis.compare import parse_comparison
 from uniapl.config import Config, load_raw, parse_override, stage_configs
-from uniapl.config_schema import ConfigError, deep_merge, from_dict, set_dotted, to_dict
+from uniapl.infra.schema import ConfigError, deep_merge, from_dict, set_dotted, to_dict
 
 BUDGET_KEYS = ("train.steps", "train.pref_batch_size", "rollout.num_generations", "rollout.max_new_tokens",
                "rollout.adv_num_generations")
@@ -250,14 +251,6 @@ def load_experiment(path: str | Path | None, overrides: list[str] | tuple[str, .
     return exp, base
 
 
-def parse_comparison(text: str) -> tuple[str, str]:
-    """'unified - grpo' -> ('unified', 'grpo'): the difference a - b, paired by seed."""
-    parts = [p.strip() for p in str(text).split(" - ")]
-    if len(parts) != 2 or not all(parts):
-        raise ConfigError(f"comparison {text!r}: write it as 'METHOD_A - METHOD_B' (method keys, spaces around '-')")
-    return parts[0], parts[1]
-
-
 def tune_grid(exp: ExperimentConfig, name: str) -> dict[str, list[Any]]:
     """The grid method `name` is tuned over ({} = not tuned)."""
     if exp.tune is None:
@@ -276,7 +269,7 @@ def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
 
 
 def _check_tune(exp: ExperimentConfig, where) -> None:
-    from uniapl.evaluation import METRIC_KEYS
+    from uniapl.evaluation.ifeval import METRIC_KEYS
 
     tuned_somewhere = any(m.tune for m in exp.methods.values())
     if exp.tune is None:
@@ -439,4 +432,4 @@ def dump_experiment(exp: ExperimentConfig) -> dict:
 
 __all__ = ["AnalysisConfig", "BUDGET_KEYS", "ExperimentConfig", "MethodConfig", "RunSpec", "SplitConfig", "StageSpec",
            "SweepAxis", "TeacherConfig", "TuneConfig", "expand_runs", "expand_tuning_runs", "grid_points",
-           "load_experiment", "parse_comparison", "stage_run_config", "tune_grid"]
+           "load_experiment", "stage_run_config", "tune_grid"]

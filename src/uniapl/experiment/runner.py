@@ -38,10 +38,10 @@ from typing import Any
 
 import yaml
 
-from uniapl.atomic import atomic_copy_tree
-from uniapl.config_schema import ConfigError, to_dict
 from uniapl.experiment.config import ExperimentConfig, RunSpec, expand_runs, stage_run_config
 from uniapl.experiment.worker import SAMPLES, SUMMARY, TEACHER_LOGP
+from uniapl.infra.atomic import atomic_copy_tree
+from uniapl.infra.schema import ConfigError, to_dict
 
 log = logging.getLogger("uniapl.experiment")
 
@@ -221,8 +221,8 @@ def _needs_analysis(d: Path, spec: dict[str, Any]) -> bool:
 
 def _prepare_split(exp: ExperimentConfig, base: dict[str, Any], out: Path) -> dict[str, Any]:
     """With `split`: write the split and point the runs' data at its files (train, eval; tune.eval at validation)."""
-    from uniapl.config_schema import deep_merge
     from uniapl.experiment.split import write_split
+    from uniapl.infra.schema import deep_merge
 
     if exp.split is None:
         return base

@@ -17,9 +17,9 @@ import random
 from pathlib import Path
 from typing import Any
 
-from uniapl.config_schema import ConfigError
-from uniapl.data.loaders import iter_jsonl
+from uniapl.data.jsonl import iter_jsonl
 from uniapl.experiment.config import SplitConfig
+from uniapl.infra.schema import ConfigError
 
 
 def _atomic(path: Path, text: str) -> None:

@@ -32,7 +32,7 @@ def _atomic_lines(path: Path, rows: list[dict]) -> Path:
 
 def train(run_dir: str | Path) -> dict:
     from uniapl.config import load_config
-    from uniapl.pipeline import run_training
+    from uniapl.training.run import run_training
 
     return run_training(load_config(Path(run_dir) / "run.yaml"))
 
@@ -43,9 +43,9 @@ def evaluate(run_dir: str | Path) -> dict:
 
     from uniapl.config import load_config
     from uniapl.data.loaders import load_records
-    from uniapl.evaluation import evaluate as evaluate_model
-    from uniapl.models import eos_token_ids
-    from uniapl.pipeline import build_policy
+    from uniapl.evaluation.ifeval import evaluate as evaluate_model
+    from uniapl.models.loading import eos_token_ids
+    from uniapl.models.loading import build_policy
 
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "run.yaml")
@@ -69,8 +69,8 @@ def evaluate(run_dir: str | Path) -> dict:
 
 
 def _load_run_model(cfg, summary: dict):
-    from uniapl.models import load_model, load_tokenizer
-    from uniapl.pipeline import build_policy
+    from uniapl.models.loading import load_model, load_tokenizer
+    from uniapl.models.loading import build_policy
 
     ckpt = summary["final_checkpoint"]
     if ckpt == cfg.model.name_or_path:  # an `evaluate` run: the configured starting model itself
@@ -82,11 +82,11 @@ def _load_run_model(cfg, summary: dict):
 def analyze(run_dir: str | Path) -> list[Path]:
     import torch
 
+    from uniapl.analysis.logp import sample_responses, teacher_answer_logprobs, text_logprobs
     from uniapl.config import ModelConfig, load_config
     from uniapl.data.loaders import load_records
     from uniapl.data.records import Record
-    from uniapl.analysis.logp import sample_responses, teacher_answer_logprobs, text_logprobs
-    from uniapl.models import eos_token_ids, load_model, load_tokenizer
+    from uniapl.models.loading import eos_token_ids, load_model, load_tokenizer
 
     run_dir = Path(run_dir)
     spec = json.loads((run_dir / "analysis.json").read_text())

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import torch
 
-from uniapl.batching import micro_slices
 from uniapl.data.loaders import require, validate_specs
+from uniapl.data.pairs import PairBuilder
 from uniapl.infra.timing import timed
 from uniapl.losses import dpo_loss, sequence_logprobs
 from uniapl.objective import register_term
 from uniapl.objective.base import MicroBatch, Sequences, SliceBatch, StepContext, Term, UpdateLog
-from uniapl.preference import PairBuilder
+from uniapl.training.batching import micro_slices
 
 
 @register_term

@@ -14,11 +14,11 @@ from __future__ import annotations
 import torch
 
 from uniapl.data.loaders import validate_specs
+from uniapl.data.pairs import PairBuilder
 from uniapl.infra.timing import timed
 from uniapl.losses import kto_loss, kto_reference_point, sequence_logprobs
 from uniapl.objective import register_term
 from uniapl.objective.base import MicroBatch, Sequences, SliceBatch, StepContext, Term, UpdateLog
-from uniapl.preference import PairBuilder
 
 
 @register_term

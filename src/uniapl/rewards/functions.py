@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from uniapl.data.records import Record
-from uniapl.errors import UserError
+from uniapl.infra.errors import UserError
 
 __all__ = ["RewardError", "RewardFunction", "Rewards", "load_function", "nanstd", "reward_metrics", "weighted_sum"]
 

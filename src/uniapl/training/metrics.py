@@ -6,7 +6,12 @@ TRL's names where TRL has them.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
+
+from uniapl.infra.atomic import atomic_write_jsonl
 
 
 class UpdateLog:
@@ -76,4 +81,27 @@ def reduce_over_processes(acc, metrics: dict[str, float]) -> dict[str, float]:
     return out
 
 
-__all__ = ["UpdateLog", "reduce_over_processes"]
+def read_metrics_rows(path: Path) -> list[dict]:
+    """metrics.jsonl rows; a line cut short by a kill (the last one) is dropped."""
+    rows = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def truncate_metrics(path: Path, stage: str, last_step: int) -> None:
+    """Drop `stage`'s rows after `last_step` (the checkpoint a resumed stage restarts from), atomically, so
+    that the steps a killed attempt logged after its last checkpoint appear once, from the resumed attempt."""
+    if not path.is_file():
+        return
+    rows = read_metrics_rows(path)
+    keep = [r for r in rows if not (r.get("stage") == stage and int(r.get("step", 0)) > last_step)]
+    if len(keep) != len(rows) or len(path.read_bytes().splitlines()) != len(rows):
+        atomic_write_jsonl(path, keep)
+
+
+__all__ = ["UpdateLog", "read_metrics_rows", "reduce_over_processes", "truncate_metrics"]

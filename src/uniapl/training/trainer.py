@@ -25,18 +25,18 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from uniapl.algorithms import Paradigm, get_algorithm, slice_objective
-from uniapl.batching import trim_padding
-from uniapl.checkpoint import (ModelToSave, StateToSave, latest_checkpoint, load_trainer_state, save_checkpoint,
-                               set_rng_state)
 from uniapl.config import Config
 from uniapl.data.records import Record
-from uniapl.distributed import (full_model_state_dict, full_optimizer_state_dict, gathered_params, global_max, is_sharded,
-                                load_full_optimizer_state_dict)
 from uniapl.infra.timing import timed
-from uniapl.logprobs import PolicyLogprobs
-from uniapl.lora import is_peft_model, policy_module, reference_policy
-from uniapl.objective import SLICES, MicroBatch, Term
+from uniapl.models.logprobs import PolicyLogprobs
+from uniapl.models.lora import is_peft_model, policy_module, reference_policy
+from uniapl.objective import SLICES, MicroBatch
 from uniapl.training.batch import BatchBuilder, Group, StepBatch
+from uniapl.training.batching import trim_padding
+from uniapl.training.checkpoint import (ModelToSave, StateToSave, latest_checkpoint, load_trainer_state, save_checkpoint,
+                               set_rng_state)
+from uniapl.training.distributed import (full_model_state_dict, full_optimizer_state_dict, gathered_params, global_max, is_sharded,
+                                load_full_optimizer_state_dict)
 from uniapl.training.metrics import UpdateLog, reduce_over_processes
 
 

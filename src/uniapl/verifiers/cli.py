@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from uniapl.atomic import atomic_write_text
+from uniapl.infra.atomic import atomic_write_text
 
 from .registry import validate_spec
 from .scoring import ScoreError, format_report, join_specs, load_prompts, read_jsonl, score_records, summary, write_verdicts
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    from uniapl.hub import check_source
+    from uniapl.infra.hub import check_source
 
     try:  # a missing path or an unreachable hub: one line, not transformers' retries and tracebacks
         check_source(args.model, "argument MODEL")

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from types import MappingProxyType, UnionType
 from typing import Any
 
-from uniapl.errors import UserError
+from uniapl.infra.errors import UserError
 
 __all__ = ["CHECKERS", "register_checker", "get_checker", "validate_spec", "normalize_kwargs", "Param", "SpecError"]
 

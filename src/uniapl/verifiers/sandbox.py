@@ -46,7 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from uniapl.config_schema import ConfigError
+from uniapl.infra.schema import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from uniapl.errors import UserError
+from uniapl.infra.errors import UserError
 
 from .verify import Verdict, category_accuracies, ifeval_metrics, verify
 
@@ -39,7 +39,7 @@ class ScoreError(UserError, ValueError):
 
 def read_jsonl(path: str | Path) -> list[tuple[str, dict]]:
     """[(``"file:line"``, object)] of a JSONL file; blank lines skipped."""
-    from uniapl.data.loaders import iter_jsonl
+    from uniapl.data.jsonl import iter_jsonl
 
     return list(iter_jsonl(path, error=ScoreError))
 
@@ -164,7 +164,7 @@ def score_records(joined: Iterable[dict]) -> list[Scored]:
 def write_verdicts(scored: Iterable[Scored], path: str | Path) -> None:
     """One JSON line per record, written atomically (a failure leaves the old file, never part of one);
     strings UTF-8 cannot carry (lone surrogates from \\ud800-style escapes) stay JSON escapes."""
-    from uniapl.atomic import atomic_write_jsonl
+    from uniapl.infra.atomic import atomic_write_jsonl
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-from uniapl.errors import UserError
+from uniapl.infra.errors import UserError
 
 
 class ConfigError(UserError, ValueError):

@@ -29,7 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from uniapl.atomic import atomic_copy_tree, atomic_write_jsonl, atomic_write_text
+from uniapl.infra.atomic import atomic_copy_tree, atomic_write_jsonl, atomic_write_text
+from uniapl.training.metrics import read_metrics_rows  # drops a line a kill cut short
 
 log = logging.getLogger(__name__)
 _NOT_IN_KEY = ("output_dir", "resume", "overwrite", "logging")
@@ -45,7 +46,7 @@ def cache_root() -> Path:
 @functools.lru_cache(maxsize=1)
 def source_digest() -> str:
     """sha256 over the installed uniapl package's .py files (path and content): any code change is a miss."""
-    root = Path(__file__).resolve().parent
+    root = Path(__file__).resolve().parent.parent  # the uniapl package
     h = hashlib.sha256()
     for f in sorted(root.rglob("*.py")):
         h.update(str(f.relative_to(root)).encode())
@@ -96,10 +97,9 @@ def restore(entry_dir: Path, key: str, stage_dir: Path, stage: str, metrics_path
         atomic_write_text(stage_dir / "eval_responses.jsonl",
                           (entry_dir / "eval_responses.jsonl").read_text(encoding="utf-8"))
     entry = json.loads((entry_dir / "stage_summary.json").read_text())
-    from uniapl.pipeline import _read_metrics_rows  # drops a line a kill cut short
 
-    rows = _read_metrics_rows(entry_dir / "metrics.jsonl")
-    old = _read_metrics_rows(metrics_path)
+    rows = read_metrics_rows(entry_dir / "metrics.jsonl")
+    old = read_metrics_rows(metrics_path)
     atomic_write_jsonl(metrics_path, [r for r in old if r.get("stage") != stage] + rows)
     trained = entry.get("wall_seconds")
     merged = Path(entry["final_checkpoint"]).name == "merged"  # LoRA: the next stage starts from final/merged
@@ -127,9 +127,8 @@ def store(key: str, material: dict[str, Any], stage_dir: Path, stage: str, entry
         shutil.copytree(stage_dir / "final", tmp / "final")
         if (stage_dir / "eval_responses.jsonl").is_file():
             shutil.copyfile(stage_dir / "eval_responses.jsonl", tmp / "eval_responses.jsonl")
-        from uniapl.pipeline import _read_metrics_rows
 
-        atomic_write_jsonl(tmp / "metrics.jsonl", [r for r in _read_metrics_rows(metrics_path) if r.get("stage") == stage])
+        atomic_write_jsonl(tmp / "metrics.jsonl", [r for r in read_metrics_rows(metrics_path) if r.get("stage") == stage])
         (tmp / "key.json").write_text(json.dumps(material, indent=2, default=str))
         (tmp / "stage_summary.json").write_text(json.dumps({k: v for k, v in entry.items() if k != "cache"}, indent=2))
         if dst.exists():  # an incomplete entry (no summary): replaced

@@ -15,7 +15,7 @@ def _limit(text: str) -> int | float:
 
 
 def general(args: argparse.Namespace) -> int:
-    from uniapl.eval_general import GeneralEvalError, evaluate_general
+    from uniapl.evaluation.general import GeneralEvalError, evaluate_general
 
     out = Path(args.output)
     try:

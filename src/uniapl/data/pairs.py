@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from uniapl.data.loaders import DataError
+from uniapl.data.jsonl import DataError
 from uniapl.data.records import Record
 
 # sample_fn(records, n, seed) -> n sampled answers per record (reference policy)

@@ -18,7 +18,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from uniapl.config_schema import ConfigError
+from uniapl.infra.schema import ConfigError
 
 GGUF_MAGIC = b"GGUF"
 DTYPES = ("float32", "bfloat16", "float16")

@@ -25,11 +25,17 @@ import math
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from uniapl.errors import UserError
+from uniapl.infra.atomic import atomic_write_text
+from uniapl.infra.errors import UserError
+from uniapl.infra.schema import ConfigError
 
-__all__ = ["GeneralEvalError", "resolve_model", "evaluate_general", "flatten_results", "PREFIX"]
+if TYPE_CHECKING:
+    from uniapl.config import Config
+
+__all__ = ["GeneralEvalError", "PREFIX", "check_general_config", "evaluate_general", "evaluate_general_after_training",
+           "flatten_results", "resolve_model"]
 
 PREFIX = "general"
 
@@ -221,3 +227,44 @@ def _cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def check_general_config(cfg: "Config") -> None:
+    """eval.general mistakes that need no model: found before training, not after it."""
+    g = cfg.eval.general
+    if not g.tasks:
+        return
+    if g.include_path is not None and not Path(g.include_path).is_dir():
+        raise ConfigError(f"key 'eval.general.include_path': folder not found: {g.include_path}")
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError:
+        raise ConfigError("key 'eval.general.tasks': lm-eval is not installed (pip install 'uniapl[eval]')") from None
+
+
+def evaluate_general_after_training(cfg: "Config", entry: dict[str, Any], acc, stage_dir: Path) -> None:
+    """eval.general: lm-eval tasks on the stage's final model, merged into entry["eval"]["after"] (main process).
+
+    Results also go to <stage>/eval_general.json; a resumed run that has them does not evaluate again.
+    """
+    g = cfg.eval.general
+    if not g.tasks or any(k.startswith("general/") for k in entry["eval"]["after"]):
+        return
+    if acc.is_main_process:
+        try:
+            result = evaluate_general(entry["final_checkpoint"], g.tasks, include_path=g.include_path, limit=g.limit,
+                                      batch_size=g.batch_size, device=str(acc.device), num_fewshot=g.num_fewshot,
+                                      apply_chat_template=g.apply_chat_template, seed=cfg.seed,
+                                      builtin_tasks=g.builtin_tasks, confirm_run_unsafe_code=g.confirm_run_unsafe_code)
+        except GeneralEvalError as e:
+            raise ConfigError(f"key 'eval.general': {e}") from None
+        atomic_write_text(stage_dir / "eval_general.json", json.dumps(result, indent=2))
+        entry["eval"]["after"] = {**entry["eval"]["after"], **result["metrics"]}
+        atomic_write_text(stage_dir / "stage_summary.json", json.dumps(entry, indent=2))
+    acc.wait_for_everyone()
+    if acc.num_processes > 1:  # every process returns the same summary
+        from accelerate.utils import broadcast_object_list
+
+        box = [entry["eval"]["after"]]
+        broadcast_object_list(box, from_process=0)
+        entry["eval"]["after"] = box[0]

@@ -25,10 +25,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from uniapl.data.loaders import DataError, iter_jsonl
+from uniapl.data.jsonl import DataError, iter_jsonl
 from uniapl.data.records import Record
 
-from .registry import validate_spec
+from uniapl.verifiers.registry import validate_spec
 
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ def _ground_truth_specs(value: Any, where: str) -> tuple[list[str], list[dict]]:
 
 def load_ifbench(data, *, name: str = "ifbench", skip_unknown: bool = False) -> list[Record]:
     """IF-RLVR / IFBench-train rows (``messages``, ``ground_truth``) -> records."""
-    from .registry import CHECKERS
+    from uniapl.verifiers.registry import CHECKERS
 
     out, skipped = [], 0
     for where, row in _rows(data, name):

@@ -7,9 +7,8 @@ import torch
 from uniapl.data.chat import encode_prompt, strip_think
 from uniapl.data.records import Record
 from uniapl.rollout import SamplingParams
-from uniapl.rollout.hf_sampler import sample
-
-METRIC_KEYS = ("prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loose_acc", "inst_level_loose_acc")
+from uniapl.rollout.engine import generate
+from uniapl.verifiers.verify import METRIC_KEYS  # noqa: F401  (re-exported: the four IFEval metrics)
 
 
 def decode_completions(tokenizer, completion_ids: torch.Tensor, completion_mask: torch.Tensor,
@@ -72,7 +71,7 @@ def evaluate(model, tokenizer, records: list[Record], *, eos_ids: list[int], pad
     for s in range(0, len(shard), batch_size):
         part = shard[s : s + batch_size]
         prompts = [encode_prompt(tokenizer, r, enable_thinking=enable_thinking, max_tokens=max_prompt_tokens) for r in part]
-        out = sample(model, prompts, SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0),
+        out = generate(model, prompts, SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0),
                      eos_token_ids=eos_ids, pad_token_id=pad_id)
         texts = decode_completions(tokenizer, out.completion_ids, out.completion_mask, eos_ids)
         verdicts = _verdicts(part, texts)

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from uniapl.faults import fault_point
+from uniapl.infra.faults import fault_point
 
 
 def fsync_dir(path: str | Path) -> None:

@@ -163,3 +163,17 @@ def global_max(acc, value: float) -> float:
         return value
     t = torch.tensor([float(value)], dtype=torch.float64, device=acc.device)
     return float(acc.gather(t).max().item())
+
+
+def has_accelerator() -> bool:
+    """Without a GPU, Accelerator(cpu=True) is what makes `accelerate launch --multi_gpu` processes use gloo."""
+    if torch.cuda.is_available():
+        return True
+    xpu = getattr(torch, "xpu", None)
+    if xpu is not None and xpu.is_available():
+        return True
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+# what a run writes into output_dir (and, for multi-stage configs, into each stage-* directory)

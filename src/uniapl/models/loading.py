@@ -14,7 +14,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
 from uniapl.config import EmbeddedModelConfig, ModelConfig
-from uniapl.config_schema import ConfigError
+from uniapl.infra.schema import ConfigError
 
 EMBEDDED = "embedded"
 
@@ -155,3 +155,17 @@ __all__ = [
     "load_model",
     "load_tokenizer",
 ]
+
+
+def build_policy(cfg, init_from: str | None):
+    """(model, tokenizer): from a checkpoint directory, the embedded default, or cfg.model.name_or_path."""
+    if init_from is not None:
+        return load_model(cfg.model, init_from), load_tokenizer(cfg.model, init_from)
+    if cfg.model.name_or_path == EMBEDDED:
+        from uniapl.data.loaders import synthetic_task
+        from uniapl.data.synthetic import task_corpus
+
+        task = synthetic_task(cfg.data.synthetic)
+        tok = build_embedded_tokenizer(task_corpus(cfg.data.synthetic, task), cfg.model.embedded.vocab_size)
+        return build_embedded_model(tok, cfg.model.embedded, cfg.seed), tok
+    return load_model(cfg.model), load_tokenizer(cfg.model)

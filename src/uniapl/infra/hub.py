@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
-from uniapl.config_schema import ConfigError
+from uniapl.infra.schema import ConfigError
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 REACH_TIMEOUT_S = 3.0

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from uniapl.atomic import fsync_dir, fsync_file
-from uniapl.faults import fault_point
+from uniapl.infra.atomic import fsync_dir, fsync_file
+from uniapl.infra.faults import fault_point
 
 STATE_FILE = "trainer_state.pt"
 INFO_FILE = "trainer_state.json"
@@ -81,7 +81,7 @@ class ModelToSave:
         self.model, self.state_dict = model, state_dict
 
     def save_pretrained(self, path, **kwargs):
-        from uniapl.lora import is_peft_model
+        from uniapl.models.lora import is_peft_model
 
         sd = self.state_dict
         if sd is not None and is_peft_model(self.model):
@@ -119,3 +119,38 @@ def latest_checkpoint(directory: Path) -> Path | None:
 
 def load_trainer_state(path: Path) -> dict[str, Any]:
     return torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+
+
+def write_final(stage_dir: Path, model, tok, stage: str = "") -> Path:
+    """The stage's final model: written into final.tmp/, fsync'ed, then swapped in for final/ (an earlier
+    final/ is moved aside first, so there is always a complete one or none, never half of one)."""
+    final_dir, tmp, old = stage_dir / "final", stage_dir / "final.tmp", stage_dir / "final.old"
+    for d in (tmp, old):
+        if d.exists():
+            shutil.rmtree(d)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    for f in tmp.iterdir():
+        if f.is_file():
+            fsync_file(f)
+    fsync_dir(tmp)
+    fault_point("final.written", stage)
+    if final_dir.exists():
+        os.replace(final_dir, old)
+    os.replace(tmp, final_dir)
+    fsync_dir(stage_dir)
+    if old.exists():
+        shutil.rmtree(old)
+    return final_dir
+
+
+def write_merged(peft_model, final_dir: Path, tok) -> None:
+    """final/merged/: the adapters folded into a plain HF model (written aside, then renamed). Main process."""
+    from uniapl.models.lora import save_merged
+
+    tmp, dst = final_dir / "merged.tmp", final_dir / "merged"
+    for d in (tmp, dst):
+        if d.exists():
+            shutil.rmtree(d)
+    save_merged(peft_model, tmp, tok)
+    os.replace(tmp, dst)
