@@ -14,8 +14,9 @@ below; metrics (written rounded to 6 decimals) agree to 2e-6 absolute + RTOL rel
 UNIAPL_GOLDEN_EXACT=1 it demands bit-identical gradients (same SHA-256) and metrics, which holds on the
 machine and thread count the golden file was recorded with.
 
-Record (only when behaviour is MEANT to change, saying why in the commit):
+Record (only when behaviour is MEANT to change, saying why in the commit), or print each case's deviation:
     OMP_NUM_THREADS=1 python tests/core/test_golden_step.py --record
+    OMP_NUM_THREADS=1 python tests/core/test_golden_step.py --deviation
 """
 
 from __future__ import annotations
@@ -213,20 +214,34 @@ def test_step_matches_the_golden_record(name, tmp_path, monkeypatch):
                     f"{name}: optimizer step {i}: {pname} fingerprint[{j}] {a!r} != {b!r} (tolerance {tol:.3g})")
 
 
-def record() -> None:
-    import tempfile
+def deviation(got: dict, golden: dict) -> tuple[float, float]:
+    """(largest fingerprint change in units of sqrt(n) ||g||_2, largest metric change) of one case."""
+    grad = 0.0
+    for g_step, e_step in zip(got["optimizer_steps"], golden["optimizer_steps"]):
+        for pname, e_fp in e_step["params"].items():
+            scale = math.sqrt(e_fp[0]) * e_fp[2]
+            if scale > 0:
+                grad = max(grad, max(abs(a - b) for a, b in zip(g_step["params"][pname], e_fp)) / scale)
+    metric = max((abs(g[k] - v) for g, e in zip(got["metrics"], golden["metrics"]) for k, v in e.items()
+                  if not isinstance(v, str)), default=0.0)
+    return grad, metric
 
-    class _Patch:
-        def __init__(self):
-            self.undo = []
 
-        def setattr(self, obj, attr, value):
-            self.undo.append((obj, attr, getattr(obj, attr)))
+class _Patch:
+    def __init__(self):
+        self.undo = []
+
+    def setattr(self, obj, attr, value):
+        self.undo.append((obj, attr, getattr(obj, attr)))
+        setattr(obj, attr, value)
+
+    def close(self):
+        for obj, attr, value in reversed(self.undo):
             setattr(obj, attr, value)
 
-        def close(self):
-            for obj, attr, value in reversed(self.undo):
-                setattr(obj, attr, value)
+
+def run_all() -> dict:
+    import tempfile
 
     cases = {}
     with tempfile.TemporaryDirectory() as d:
@@ -237,7 +252,20 @@ def record() -> None:
                 cases[name] = run_case(name, Path(d), patch)
             finally:
                 patch.close()
-            print(name, "ok", file=sys.stderr)
+    return cases
+
+
+def measure() -> None:
+    """Print each case's deviation from the golden record (and whether its gradients are bit-identical)."""
+    golden = json.loads(GOLDEN.read_text())["cases"]
+    for name, got in run_all().items():
+        grad, metric = deviation(got, golden[name])
+        same = [g["sha256"] == e["sha256"] for g, e in zip(got["optimizer_steps"], golden[name]["optimizer_steps"])]
+        print(f"{name:28s} gradient {grad:.2e}  metric {metric:.2e}  bit-identical {all(same)}")
+
+
+def record() -> None:
+    cases = run_all()
     GOLDEN.parent.mkdir(exist_ok=True)
     doc = {"about": "tests/core/test_golden_step.py --record; torch " + torch.__version__, "cases": cases}
     GOLDEN.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
@@ -246,6 +274,9 @@ def record() -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if sys.argv[1:] != ["--record"]:
-        sys.exit("usage: python tests/core/test_golden_step.py --record")
-    record()
+    if sys.argv[1:] == ["--record"]:
+        record()
+    elif sys.argv[1:] == ["--deviation"]:
+        measure()
+    else:
+        sys.exit("usage: python tests/core/test_golden_step.py --record | --deviation")

@@ -185,9 +185,9 @@ class BatchBuilder:
         """[rows] summed completion log-probs of `seqs` under the policy or the frozen reference (no grad)."""
         if model == "reference":
             with self.reference() as ref:
-                return self._sequence_logps(ref, seqs)
+                return self._score(ref, seqs)[1]
         with self.gathered():
-            return self._sequence_logps(self.policy_model(), seqs)
+            return self._score(self.policy_model(), seqs)[1]
 
     def passes(self, record: Record, text: str) -> bool:
         """Does `text` pass every verification function of `record` (strict or loose as reward.mode)?"""
@@ -301,27 +301,35 @@ class BatchBuilder:
         if not forms and not old:
             return
         seqs = group.seqs
-        with timed(metrics, "ref_old_logprobs"), torch.no_grad():
-            if "token" in forms:
+        with timed(metrics, "ref_old_logprobs"):
+            if forms:
                 with self.reference() as ref:
-                    seqs.fields["ref_logprobs"] = completion_logprobs(ref, seqs.ids, seqs.attn, seqs.cmask.shape[1],
-                                                                      temperature=seqs.temperature)
-            if "sequence" in forms:
-                seqs.fields["ref_seq"] = self.sequence_logprobs(seqs, "reference")
+                    tokens, sums = self._score(ref, seqs)
+                if "token" in forms:
+                    seqs.fields["ref_logprobs"] = tokens
+                if "sequence" in forms:
+                    seqs.fields["ref_seq"] = sums
             if old:
                 with self.gathered():
-                    seqs.fields["old_logprobs"] = completion_logprobs(self.policy_model(), seqs.ids, seqs.attn,
-                                                                      seqs.cmask.shape[1], temperature=seqs.temperature)
+                    seqs.fields["old_logprobs"], _ = self._score(self.policy_model(), seqs)
 
     @torch.no_grad()
-    def _sequence_logps(self, model, seqs: Sequences) -> torch.Tensor:
-        out = []
-        ids, attn, cmask = seqs.ids, seqs.attn, seqs.cmask
-        for sl in micro_slices(ids.shape[0], self.cfg.train.gradient_accumulation_steps):
-            i, a = trim_padding(ids[sl], attn[sl], cmask.shape[1])
-            lp = completion_logprobs(model, i.to(self.acc.device), a.to(self.acc.device), cmask.shape[1])
-            out.append(sequence_logprobs(lp, cmask[sl].to(lp.device)).cpu())
-        return torch.cat(out) if out else torch.zeros(0)
+    def _score(self, model, seqs: Sequences) -> tuple[torch.Tensor, torch.Tensor]:
+        """([N, T] log-probs of `seqs`' completion tokens, [N] their sums) under `model`, no grad: the one place
+        where a model other than the update's forward scores sequences. It runs the update's micro-batches,
+        trimmed as the update trims them, so that its memory is bounded like the update's and its values are
+        the update's own (same shapes, same kernels: at step 0 the reference's log-probs are the policy's)."""
+        tokens = torch.zeros(seqs.cmask.shape, dtype=torch.float32)
+        sums = torch.zeros(seqs.cmask.shape[0], dtype=torch.float32)
+        for part in seqs.parts:
+            mb = seqs.micro_batch(part).trimmed()
+            ids, attn = trim_padding(mb.ids, mb.attn, mb.cmask.shape[1])
+            cmask = mb.cmask.to(self.acc.device)
+            lp = completion_logprobs(model, ids.to(self.acc.device), attn.to(self.acc.device), cmask.shape[1],
+                                     temperature=seqs.temperature)
+            tokens[part, : lp.shape[1]] = lp.float().cpu()
+            sums[part] = sequence_logprobs(lp, cmask).float().cpu()
+        return tokens, sums
 
 
 def sft_batch_size(cfg: Config, p: Paradigm) -> int:
