@@ -5,7 +5,7 @@
 
 Both compute the log-probs of `seq` completion tokens per row (after a short prompt) with a Qwen3-shaped model
 (randomly initialised; Qwen3's vocabulary of 151,936 by default), then back-propagate a weighted sum of them:
-    chunked  uniapl.logprobs.completion_logprobs (decoder once; LM head + float32 log-softmax over row chunks,
+    chunked  uniapl.models.logprobs.completion_logprobs (decoder once; LM head + float32 log-softmax over row chunks,
              each chunk recomputed in the backward pass)
     naive    model(...).logits -> log_softmax over [B, T, V] in float32 -> gather -> backward
 Each variant runs in a fresh subprocess. Peak memory = the highest resident set size during forward+backward

@@ -15,7 +15,7 @@ count "auto" chooses after the timed runs is printed, since a loaded machine cha
 vLLM runs colocated in this process (rollout.engine: vllm): its start-up and one weight sync are timed apart.
 
 For the built-in engine and vLLM the returned sampling log-probs are compared with the trainer's
-recomputation of the same tokens (`uniapl.logprobs.completion_logprobs`): max_abs_logprob_diff.
+recomputation of the same tokens (`uniapl.models.logprobs.completion_logprobs`): max_abs_logprob_diff.
 Prints a table; the last line is one JSON object.
 """
 

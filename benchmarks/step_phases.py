@@ -6,7 +6,7 @@
 Runs real `Trainer.step()` calls on the quickstart setting (configs/quickstart.yaml without its warm-up
 stage: the tiny Qwen3 built from config and randomly initialised, 8 SFT + 8 preference prompts, 4 samples per
 preference prompt; 64 new tokens, the issue's setting, unless --max-new-tokens says otherwise) and times each
-phase from the `time/*_s` metrics the trainer reports for every step (`uniapl.jobs.timed`):
+phase from the `time/*_s` metrics the trainer reports for every step (`uniapl.infra.timing.timed`):
 
     rollout         time/rollout_s: weight sync + engine.generate (every rollout of the step, one call)
     reward          time/reward_s: the verifiable rewards

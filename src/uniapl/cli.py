@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run a command. A user's mistake (`uniapl.errors.UserError`: a config key, a data line, a path, a
+    """Run a command. A user's mistake (`uniapl.infra.errors.UserError`: a config key, a data line, a path, a
     server) is one line on stderr and exit status 2; `--debug` (anywhere on the line) or UNIAPL_DEBUG=1
     also prints its traceback. Any other exception is a bug and keeps its traceback."""
     from uniapl.infra.errors import UserError

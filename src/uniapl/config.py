@@ -38,7 +38,7 @@ class EmbeddedModelConfig:
 
 @dataclass
 class LoraConfig:
-    """`model.lora`: train LoRA adapters (PEFT) instead of the full weights (`uniapl.lora`). The reference
+    """`model.lora`: train LoRA adapters (PEFT) instead of the full weights (`uniapl.models.lora`). The reference
     policy is then the adapter-disabled model (no second copy); checkpoints and final/ hold the adapters,
     and with merge_final also final/merged/, a plain model with the adapters folded in."""
 
@@ -93,7 +93,7 @@ class DataSource:
 
 @dataclass
 class PairsConfig:
-    """Preference data for DPO / KTO (`uniapl.preference`).
+    """Preference data for DPO / KTO (`uniapl.data.pairs`).
 
     source: "data"  use the records' chosen/rejected (DPO) or completion/label (KTO) fields;
             "build" build them: chosen = the reference answer (loss.sft_target first) that passes the
@@ -329,7 +329,7 @@ class StageConfig:
     algorithm: Optional[str] = None
     overrides: dict[str, Any] = field(default_factory=dict)
     # first stage only: reuse its result from the stage cache when an identical stage (config, start model,
-    # uniapl source, library versions) ran before (uniapl.stage_cache; $UNIAPL_CACHE_DIR)
+    # uniapl source, library versions) ran before (uniapl.training.stage_cache; $UNIAPL_CACHE_DIR)
     cache: bool = False
 
 

@@ -1,4 +1,4 @@
-"""Building DPO pairs / KTO labels from verifiers and reference-policy samples (uniapl.preference)."""
+"""Building DPO pairs / KTO labels from verifiers and reference-policy samples (uniapl.data.pairs)."""
 
 import pytest
 

@@ -117,7 +117,7 @@ def load_model(cfg: ModelConfig, path: str | None = None):
     if cfg.revision and path is None:
         kwargs["revision"] = cfg.revision
     with _load_errors(src, path):
-        return AutoModelForCausalLM.from_pretrained(src, **kwargs)  # gradient checkpointing: uniapl.trainer
+        return AutoModelForCausalLM.from_pretrained(src, **kwargs)  # gradient checkpointing: uniapl.training.trainer
 
 
 def eos_token_ids(model, tokenizer) -> list[int]:

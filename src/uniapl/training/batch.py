@@ -64,7 +64,7 @@ class BatchBuilder:
         """`policy_model()` returns the current (unwrapped) policy; `ref_model` is the frozen reference or None.
         `reference()`, if given, is a context yielding the reference to score/sample with (LoRA: the
         adapter-disabled policy); `gathered()` a context in which the policy holds its full parameters
-        (sharded training; uniapl.distributed)."""
+        (sharded training; uniapl.training.distributed)."""
         self.cfg = cfg
         self.paradigm = paradigm
         self.tokenizer = tokenizer

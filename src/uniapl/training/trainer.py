@@ -186,17 +186,13 @@ class Trainer:
         self.model.train()
         try:
             for i in range(passes):
-                last = i == passes - 1
-                with self.acc.no_sync(self.policy) if (not last and world > 1) else contextlib.nullcontext():
+                # DDP: gradients are all-reduced once, on the last pass
+                with self.acc.no_sync(self.policy) if (i < passes - 1 and world > 1) else contextlib.nullcontext():
                     if i >= len(micro):
                         self.acc.backward(self._idle_loss())
                         continue
                     group, mb = micro[i]
-                    mb = mb.trimmed()
-                    ids, attn = trim_padding(mb.ids, mb.attn, mb.cmask.shape[1])
-                    mb = dataclasses.replace(mb, cmask=mb.cmask.to(self.acc.device))
-                    logp = self.policy(ids.to(self.acc.device), attn.to(self.acc.device), mb.cmask.shape[1],
-                                       mb.temperature)
+                    mb, logp = self._policy_logprobs(mb)
                     loss, _ = self.micro_batch_loss(group, mb, logp, norms, log, slice_weight[group.slice])
                     self.acc.backward(loss)
         finally:
@@ -209,6 +205,15 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
         # each process holds (its share of the global sum) * world; the mean over processes is the global loss
         metrics.update(log.result())
+
+    def _policy_logprobs(self, mb: MicroBatch) -> tuple[MicroBatch, torch.Tensor]:
+        """The micro-batch without its all-padding columns (on the device), and the policy's log-probs of its
+        completion tokens [rows, T], with grad."""
+        mb = mb.trimmed()
+        ids, attn = trim_padding(mb.ids, mb.attn, mb.cmask.shape[1])
+        mb = dataclasses.replace(mb, cmask=mb.cmask.to(self.acc.device))
+        logp = self.policy(ids.to(self.acc.device), attn.to(self.acc.device), mb.cmask.shape[1], mb.temperature)
+        return mb, logp
 
     def micro_batch_loss(self, group: Group, mb: MicroBatch, logp: torch.Tensor, norms: dict[tuple[str, str], float],
                          log: UpdateLog, slice_weight: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
