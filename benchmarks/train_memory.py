@@ -63,7 +63,7 @@ def run_variant(name: str, args) -> dict:
     model, tok = policy_for_stage(cfg, None, None)
     t = Trainer(cfg, Accelerator(cpu=True), model, tok, sft_records=sft, pref_records=pref, stage_dir=args.tmp,
                 eos_ids=eos_token_ids(model, tok))
-    jobs = [t.jobs.build(i, {}) for i in range(args.steps)]
+    batches = [t.batches.build(i, {}) for i in range(args.steps)]
     base = _rss()
     peak = [base]
     stop = threading.Event()
@@ -76,16 +76,16 @@ def run_variant(name: str, args) -> dict:
     th = threading.Thread(target=sample, daemon=True)
     th.start()
     t0 = time.perf_counter()
-    for j in jobs:
+    for batch in batches:
         m: dict = {}
-        t.update(j, m)
+        t.update(batch.groups, m)
     secs = time.perf_counter() - t0
     stop.set()
     th.join()
     from uniapl.models.lora import parameter_counts
 
     trainable, total = parameter_counts(t.saved_model)
-    tokens = sum(int(job.attn.sum()) for j in jobs for job in j.jobs)
+    tokens = sum(int(mb.attn.sum()) for b in batches for g in b.groups for mb in g.micro_batches)
     return {"variant": name, "trainable_parameters": trainable, "total_parameters": total,
             "step_memory_mib": round((peak[0] - base) / 2**20, 1), "peak_rss_mib": round(peak[0] / 2**20, 1),
             "update_seconds": round(secs, 2), "tokens": tokens}

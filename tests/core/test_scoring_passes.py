@@ -6,8 +6,8 @@ import torch
 from accelerate import Accelerator
 
 from uniapl.config import load_config
+from uniapl.data.padding import trim_padding
 from uniapl.models.loading import build_policy, eos_token_ids
-from uniapl.training.batching import trim_padding
 from uniapl.training.trainer import Trainer
 from uniapl.training.validation import stage_records
 

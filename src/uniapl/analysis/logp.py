@@ -16,13 +16,13 @@ from __future__ import annotations
 import torch
 
 from uniapl.data.chat import encode_prompt
+from uniapl.data.padding import pack, trim_padding
 from uniapl.data.records import Record
 from uniapl.evaluation.ifeval import decode_completions
 from uniapl.losses import sequence_logprobs
 from uniapl.models.logprobs import completion_logprobs
 from uniapl.rollout import SamplingParams
 from uniapl.rollout.engine import generate
-from uniapl.training.batching import pack, trim_padding
 
 
 @torch.no_grad()

@@ -82,7 +82,7 @@ class MicroBatch:
 
     def trimmed(self) -> "MicroBatch":
         """The same rows without the completion columns that are padding in every row (the prompt side is
-        trimmed by `batching.trim_padding` in the update)."""
+        trimmed by `uniapl.data.padding.trim_padding` in the update)."""
         width = int(self.cmask.sum(-1).max()) if self.cmask.numel() else 0
         cut = self.cmask.shape[1] - width
         if cut <= 0:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import torch
 
 from uniapl.data.loaders import require, validate_specs
+from uniapl.data.padding import micro_slices
 from uniapl.data.pairs import PairBuilder
 from uniapl.infra.timing import timed
 from uniapl.losses import dpo_loss, sequence_logprobs
 from uniapl.objective import register_term
 from uniapl.objective.base import MicroBatch, Sequences, SliceBatch, StepContext, Term, UpdateLog
-from uniapl.training.batching import micro_slices
 
 
 @register_term
@@ -50,7 +50,8 @@ class DPO(Term):
         if not keep:
             return None
         enc = [ctx.encode(pr, text) for pr, pair in keep for text in pair]
-        parts = [slice(2 * s.start, 2 * s.stop) for s in micro_slices(len(keep), self.cfg.train.gradient_accumulation_steps)]
+        pair_parts = micro_slices(len(keep), self.cfg.train.gradient_accumulation_steps)
+        parts = [slice(2 * p.start, 2 * p.stop) for p in pair_parts]
         return ctx.pack([a for a, _ in enc], [b for _, b in enc], "pairs", parts=parts)
 
     def normalizer(self, micro_batches: list[MicroBatch]) -> float:

@@ -24,6 +24,7 @@ import torch
 from uniapl.algorithms import Paradigm
 from uniapl.config import Config
 from uniapl.data.chat import encode_prompt, encode_target, strip_think
+from uniapl.data.padding import micro_slices, pack, sample_indices, trim_padding
 from uniapl.data.records import Record
 from uniapl.evaluation.ifeval import decode_completions
 from uniapl.infra.timing import timed
@@ -32,7 +33,6 @@ from uniapl.models.logprobs import completion_logprobs
 from uniapl.objective import SLICES, MicroBatch, Sequences, SliceBatch, Term, get_term, resolve_weight
 from uniapl.rewards import Rewards
 from uniapl.rollout import RolloutBatch, SamplingParams, build_engine_from_config
-from uniapl.training.batching import micro_slices, pack, sample_indices, trim_padding
 
 
 @dataclass
@@ -88,8 +88,10 @@ class BatchBuilder:
             from uniapl.discriminators import build_discriminator
 
             self.discriminator = build_discriminator(cfg.discriminator)
+        # one instance per (slice, term), with its weight resolved against the loss config
         self.terms: dict[str, list[tuple[Term, float]]] = {
-            s: [(get_term(name)(cfg, paradigm, s, self), resolve_weight(w, cfg.loss)) for name, w in paradigm.slice_terms(s)]
+            s: [(get_term(name)(cfg, paradigm, s, self), resolve_weight(w, cfg.loss))
+                for name, w in paradigm.slice_terms(s)]
             for s in SLICES}
 
     def term(self, slice_name: str, name: str) -> Term:
@@ -99,36 +101,13 @@ class BatchBuilder:
     def build(self, step: int, metrics: dict[str, float]) -> StepBatch:
         self.step_idx = step
         out = StepBatch()
-        slices: dict[str, SliceBatch] = {}
-        requests: dict[str, tuple[list[list[int]], int]] = {}
-        for salt, s in enumerate(SLICES, start=1):
-            if not self.terms[s]:
-                continue
-            pool = self.records[s]
-            sl = SliceBatch(s, [pool[i] for i in sample_indices(len(pool), self.batch_sizes[s], self._rng(salt))])
-            slices[s] = sl
-            g = self.group_size(s)
-            if g:
-                requests[s] = (self.prompt_ids(sl.records), g)
+        slices = {s: self._draw(s, salt) for salt, s in enumerate(SLICES, start=1) if self.terms[s]}
+        requests = {s: (self.prompt_ids(sl.records), self.group_size(s))
+                    for s, sl in slices.items() if self.group_size(s)}
         for s, batch in self._rollout_all(requests, metrics).items():
             self._score_rollouts(slices[s], batch, metrics, out)
-        for s, sl in slices.items():
-            for term, _ in self.terms[s]:
-                term.shape_rewards(sl, metrics)
-            groups: list[Group] = []
-            for term, weight in self.terms[s]:
-                seqs = term.prepare(sl, self, metrics)
-                if seqs is None:
-                    continue
-                group = next((g for g in groups if g.seqs is seqs), None)
-                if group is None:
-                    groups.append(Group(s, seqs, [(term, weight)]))
-                else:
-                    group.terms.append((term, weight))
-            for group in groups:
-                self._reference_and_old(group, metrics)
-                group.micro_batches = group.seqs.micro_batches()
-            out.groups += groups
+        for sl in slices.values():
+            out.groups += self._groups(sl, metrics)
         return out
 
     def group_size(self, slice_name: str) -> int:
@@ -235,6 +214,32 @@ class BatchBuilder:
 
     def _temperature(self) -> float:
         return self.cfg.rollout.temperature if self.cfg.rollout.temperature > 0 else 1.0
+
+    def _draw(self, slice_name: str, salt: int) -> SliceBatch:
+        """The slice's prompts of this step: a function of (seed, step, rank, slice) only."""
+        pool = self.records[slice_name]
+        drawn = sample_indices(len(pool), self.batch_sizes[slice_name], self._rng(salt))
+        return SliceBatch(slice_name, [pool[i] for i in drawn])
+
+    def _groups(self, sl: SliceBatch, metrics: dict[str, float]) -> list[Group]:
+        """The slice's terms shape its rewards, then prepare what they train on; terms that read the same
+        sequences (GRPO and the adversarial term on the same rollouts) share one group, so one forward."""
+        for term, _ in self.terms[sl.name]:
+            term.shape_rewards(sl, metrics)
+        groups: list[Group] = []
+        for term, weight in self.terms[sl.name]:
+            seqs = term.prepare(sl, self, metrics)
+            if seqs is None:
+                continue
+            group = next((g for g in groups if g.seqs is seqs), None)
+            if group is None:
+                groups.append(Group(sl.name, seqs, [(term, weight)]))
+            else:
+                group.terms.append((term, weight))
+        for group in groups:
+            self._reference_and_old(group, metrics)
+            group.micro_batches = group.seqs.micro_batches()
+        return groups
 
     def _rollout_all(self, requests: dict[str, tuple[list[list[int]], int]],
                      metrics: dict[str, float]) -> dict[str, RolloutBatch]:

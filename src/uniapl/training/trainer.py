@@ -26,13 +26,13 @@ from transformers import get_scheduler
 
 from uniapl.algorithms import Paradigm, get_algorithm, slice_objective
 from uniapl.config import Config
+from uniapl.data.padding import trim_padding
 from uniapl.data.records import Record
 from uniapl.infra.timing import timed
 from uniapl.models.logprobs import PolicyLogprobs
 from uniapl.models.lora import is_peft_model, policy_module, reference_policy
 from uniapl.objective import SLICES, MicroBatch
 from uniapl.training.batch import BatchBuilder, Group, StepBatch
-from uniapl.training.batching import trim_padding
 from uniapl.training.checkpoint import (ModelToSave, StateToSave, latest_checkpoint, load_trainer_state, save_checkpoint,
                                set_rng_state)
 from uniapl.training.distributed import (full_model_state_dict, full_optimizer_state_dict, gathered_params, global_max, is_sharded,
@@ -199,7 +199,8 @@ class Trainer:
             self.model.eval()
         with timed(metrics, "optimizer"):
             if self.cfg.train.max_grad_norm > 0:
-                metrics["grad_norm"] = float(self.acc.clip_grad_norm_(self.policy.parameters(), self.cfg.train.max_grad_norm))
+                norm = self.acc.clip_grad_norm_(self.policy.parameters(), self.cfg.train.max_grad_norm)
+                metrics["grad_norm"] = float(norm)
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -236,7 +237,7 @@ class Trainer:
         for s in SLICES:
             for term, _ in self.batches.terms[s]:
                 if first_pass or term.iterates:
-                    mbs = [mb for g in groups if g.slice == s and any(t is term for t, _ in g.terms) for mb in g.micro_batches]
+                    mbs = [mb for g in groups if any(t is term for t, _ in g.terms) for mb in g.micro_batches]
                     norms[(s, term.name)] = max(self.batches.global_sum(term.normalizer(mbs)), 1.0)
         return norms
 
