@@ -61,6 +61,13 @@ class PairBuilder:
         self._cache: dict[int, tuple[str, str] | None] = {}
         self.stats = {"built": 0, "from_data": 0, "no_pair": 0}
 
+    @classmethod
+    def from_config(cls, cfg, ctx) -> "PairBuilder":
+        """The builder `data.pairs` describes, sampling the reference policy and verifying through `ctx` (a step's
+        plumbing: `reference_samples`, `passes`); chosen answers prefer `loss.sft_target`."""
+        return cls(source=cfg.data.pairs.source, sample_fn=ctx.reference_samples, passes_fn=ctx.passes,
+                   prefer=cfg.loss.sft_target, num_samples=cfg.data.pairs.num_samples)
+
     def _can_build(self, r: Record) -> bool:
         return bool(r.instruction_id_list)
 

@@ -28,9 +28,7 @@ class DPO(Term):
 
     def __init__(self, cfg, paradigm, slice_name, ctx=None):
         super().__init__(cfg, paradigm, slice_name, ctx)
-        self.pairs = None if ctx is None else PairBuilder(
-            source=cfg.data.pairs.source, sample_fn=ctx.reference_samples, passes_fn=ctx.passes,
-            prefer=cfg.loss.sft_target, num_samples=cfg.data.pairs.num_samples)
+        self.pairs = None if ctx is None else PairBuilder.from_config(cfg, ctx)
 
     def reference(self):
         return "sequence"
